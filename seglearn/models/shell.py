@@ -1,0 +1,78 @@
+"""The shell every backbone+head model shares: pad, extract features, decode, resize, assemble the dict."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def pad_to_multiple(x: Tensor, divisor: int, value: float = 0.0) -> Tensor:
+    """Pad (N, C, H, W) on the bottom/right so H and W are multiples of ``divisor``."""
+    if divisor <= 1:
+        return x
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph), value=value)
+
+
+def resize_to(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of (N, C, h, w) logits to ``size`` (align_corners=False, as torchvision's heads)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class SegmentationModel(nn.Module):
+    """``backbone(x) -> [features fine..coarse]``; ``head(features) -> logits or dict``; optional aux head.
+
+    Args:
+        backbone: module returning a list of stage features (fine to coarse).
+        head: module taking that list and returning logits (N, C, h, w) or a dict with ``"out"`` and extras.
+        aux_head: optional module taking ``features[aux_index]`` and returning logits (N, C, h', w').
+        aux_index: which stage feeds the auxiliary head (``-2``: the stage before the last, as torchvision).
+        size_divisor: inputs are padded to a multiple of this inside ``forward`` and logits cropped back, so any
+            input size works (1: no padding; logits are interpolated to the input size directly).
+
+    Shapes: ``x`` (N, 3, H, W) -> ``{"out": (N, C, H, W), "aux": (N, C, H, W)?, ...extras}``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        aux_head: nn.Module | None = None,
+        aux_index: int = -2,
+        size_divisor: int = 1,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+        self.aux_index = aux_index
+        self.size_divisor = size_divisor
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        h, w = x.shape[-2:]
+        xp = pad_to_multiple(x, self.size_divisor)
+        hp, wp = xp.shape[-2:]
+        feats = self.backbone(xp)
+        head_out = self.head(feats)
+        result = dict(head_out) if isinstance(head_out, dict) else {"out": head_out}
+        result["out"] = resize_to(result["out"], (hp, wp))[..., :h, :w]
+        if self.aux_head is not None:
+            result["aux"] = resize_to(self.aux_head(feats[self.aux_index]), (hp, wp))[..., :h, :w]
+        return result
+
+
+def logits_of(output: Tensor | dict[str, Tensor]) -> Tensor:
+    """The main logits of a model output (a dict with ``"out"`` or a bare tensor)."""
+    return output["out"] if isinstance(output, dict) else output
+
+
+@torch.no_grad()
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with ``requires_grad``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
