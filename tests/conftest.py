@@ -1,0 +1,32 @@
+"""Shared test fixtures: the real-data folder beside the checkout (skipped cleanly when absent), quiet plotting."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SEGLEARN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_camvid() -> Path:
+    """Real CamVid (SegNet 11-class) from ../shared/data/camvid; skips when it is not there."""
+    root = SHARED_DATA / "camvid"
+    if not (root / "train").is_dir():
+        pytest.skip(f"real CamVid not present at {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_voc() -> Path:
+    """The two real VOC 2012 pairs from ../shared/data/voc-sample; skips when they are not there."""
+    root = SHARED_DATA / "voc-sample"
+    if not (root / "VOCdevkit" / "VOC2012").is_dir():
+        pytest.skip(f"VOC sample not present at {root}")
+    return root

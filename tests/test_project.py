@@ -1,0 +1,63 @@
+"""The project's own promises: CI runs the README's command, conda and uv name the same packages, data/ stays empty."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    return [c.strip() for c in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[; ]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci_lines = [ln for ln in (REPO / ".ci/run").read_text().splitlines() if ln and not ln.startswith(("#", "set ", "cd "))]
+    assert len(ci_lines) == 1, ci_lines
+    assert ci_lines[0] in _readme_commands(), "the README must show the exact command .ci/run runs"
+    assert "pytest" in ci_lines[0]
+
+
+def test_readme_main_command_runs_the_demo():
+    assert any(c.endswith("python -m seglearn demo") for c in _readme_commands())
+
+
+def test_environment_yml_and_pyproject_name_the_same_packages():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wanted = {_name(r) for r in pyproject["project"]["dependencies"]}
+    for group in pyproject["dependency-groups"].values():
+        wanted |= {_name(r) for r in group}
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    named = {_name(r) for r in pip_section if not r.startswith("-e")}
+    # d2l cannot go through pip's resolver beside numpy 2 (its pins); environment.yml installs it with --no-deps.
+    env_text = (REPO / "environment.yml").read_text()
+    assert "pip install --no-deps d2l==1.0.3" in env_text
+    assert named | {"d2l"} == wanted
+
+
+def test_lock_file_is_committed_and_current():
+    assert (REPO / "uv.lock").is_file()
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    names = {p["name"] for p in lock["package"]}
+    assert {"torch", "torchvision", "albumentations", "d2l", "pydensecrf2", "numpy"} <= names
+    numpy = next(p for p in lock["package"] if p["name"] == "numpy")
+    assert int(numpy["version"].split(".")[0]) >= 2, "d2l's numpy pin must be overridden"
+
+
+def test_nothing_but_readme_and_gitignore_committed_under_data():
+    out = subprocess.run(["git", "ls-files", "data"], cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        return  # not a git checkout (an sdist): nothing to check
+    tracked = {Path(p).name for p in out.stdout.split()}
+    assert tracked <= {"README.md", ".gitignore"}, tracked
