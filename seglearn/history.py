@@ -1,0 +1,101 @@
+"""What :func:`seglearn.engine.fit` records per epoch, and its plain-data form for checkpoints."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from .metrics import SegScores
+
+__all__ = ["History"]
+
+
+def _scores_to_dict(scores: SegScores) -> dict[str, Any]:
+    # Arrays become float64 tensors: plain enough for torch.load(weights_only=True), and NaN survives the round trip.
+    out: dict[str, Any] = {}
+    for f in fields(scores):
+        value = getattr(scores, f.name)
+        out[f.name] = torch.from_numpy(np.array(value, dtype=np.float64)) if isinstance(value, np.ndarray) else value
+    return out
+
+
+def _scores_from_dict(d: dict[str, Any]) -> SegScores:
+    kwargs = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in d.items()}
+    return SegScores(**kwargs)
+
+
+@dataclass
+class History:
+    """Per-epoch record of a training run (epochs are counted from 1).
+
+    Attributes:
+        train_loss: mean training loss of each epoch (weighted by batch size).
+        val: the :class:`~seglearn.metrics.SegScores` of each validation, in order.
+        val_epochs: the epoch each entry of ``val`` belongs to.
+        lr: learning rate of the last iteration of each epoch (first param group).
+        epoch_time: wall-clock seconds of each epoch, validation included (checkpoint writing not).
+        best_miou: best validation mIoU so far (NaN before any validation).
+        best_epoch: the epoch that reached ``best_miou`` (0 before any validation).
+        stopped_early: True when ``time_budget_s`` ended the run before ``epochs``.
+    """
+
+    train_loss: list[float] = field(default_factory=list)
+    val: list[SegScores] = field(default_factory=list)
+    val_epochs: list[int] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    epoch_time: list[float] = field(default_factory=list)
+    best_miou: float = math.nan
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+    @property
+    def epochs(self) -> int:
+        """Number of completed epochs."""
+        return len(self.train_loss)
+
+    @property
+    def best(self) -> SegScores | None:
+        """The scores of the best validation epoch, or None before any validation."""
+        if self.best_epoch in self.val_epochs:
+            return self.val[self.val_epochs.index(self.best_epoch)]
+        return None
+
+    def record_val(self, epoch: int, scores: SegScores) -> bool:
+        """Append a validation result; returns True when it is a new best mIoU (NaN never is)."""
+        self.val.append(scores)
+        self.val_epochs.append(epoch)
+        improved = not math.isnan(scores.miou) and (math.isnan(self.best_miou) or scores.miou > self.best_miou)
+        if improved:
+            self.best_miou, self.best_epoch = float(scores.miou), epoch
+        return improved
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, numbers and tensors only, so ``torch.load(..., weights_only=True)`` reads it back."""
+        return {
+            "train_loss": [float(x) for x in self.train_loss],
+            "val": [_scores_to_dict(s) for s in self.val],
+            "val_epochs": [int(e) for e in self.val_epochs],
+            "lr": [float(x) for x in self.lr],
+            "epoch_time": [float(x) for x in self.epoch_time],
+            "best_miou": float(self.best_miou),
+            "best_epoch": int(self.best_epoch),
+            "stopped_early": bool(self.stopped_early),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            train_loss=list(d["train_loss"]),
+            val=[_scores_from_dict(s) for s in d["val"]],
+            val_epochs=list(d["val_epochs"]),
+            lr=list(d["lr"]),
+            epoch_time=list(d["epoch_time"]),
+            best_miou=float(d.get("best_miou", math.nan)),
+            best_epoch=int(d.get("best_epoch", 0)),
+            stopped_early=bool(d.get("stopped_early", False)),
+        )
