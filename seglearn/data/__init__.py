@@ -1,0 +1,76 @@
+"""Datasets (CamVid, PASCAL VOC, SyntheticScenes), their downloads, and albumentations transform presets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from .base import SegmentationDataset, read_image, read_mask
+from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CamVid
+from .download import DownloadError, download_camvid, download_dataset, download_voc, extract_archive
+from .paths import data_root, locate_dataset
+from .synthetic import SyntheticScenes
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transforms, train_transforms
+from .voc import VOC_CLASSES, VOCSegmentation, voc_palette
+
+__all__ = [
+    "CamVid",
+    "VOCSegmentation",
+    "SyntheticScenes",
+    "SegmentationDataset",
+    "build_dataset",
+    "DATASETS",
+    "data_root",
+    "locate_dataset",
+    "train_transforms",
+    "eval_transforms",
+    "denormalize",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CAMVID_CLASSES",
+    "CAMVID_PALETTE",
+    "VOC_CLASSES",
+    "voc_palette",
+    "read_image",
+    "read_mask",
+    "download_camvid",
+    "download_voc",
+    "download_dataset",
+    "extract_archive",
+    "DownloadError",
+]
+
+DATASETS = ("camvid", "voc", "synthetic")
+
+# Synthetic splits differ by seed so that train, val and test never share an image.
+_SYNTHETIC_SPLITS = {"train": (0, 200), "val": (1, 50), "test": (2, 50)}
+
+
+def build_dataset(
+    name: str,
+    split: str,
+    *,
+    root: str | Path | None = None,
+    transforms: Callable[..., Any] | None = None,
+    download: bool = False,
+    **kw: Any,
+) -> Dataset:
+    """Build dataset ``name`` (one of ``DATASETS``) for ``split``; extra keywords go to the dataset class.
+
+    For "synthetic", ``split`` picks the seed (train/val/test) and ``num_images`` / ``size`` may be given.
+    """
+    if name == "camvid":
+        return CamVid(root, split=split, transforms=transforms, download=download, **kw)
+    if name == "voc":
+        return VOCSegmentation(root, split=split, transforms=transforms, download=download, **kw)
+    if name == "synthetic":
+        if split not in _SYNTHETIC_SPLITS:
+            raise ValueError(f"unknown synthetic split {split!r}: choose one of {', '.join(_SYNTHETIC_SPLITS)}")
+        seed, num_images = _SYNTHETIC_SPLITS[split]
+        kw.setdefault("num_images", num_images)
+        kw["seed"] = kw.get("seed", 0) * 1000 + seed
+        return SyntheticScenes(transforms=transforms, **kw)
+    raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")

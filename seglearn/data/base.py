@@ -1,0 +1,228 @@
+"""Shared Dataset plumbing: read and validate an image + mask pair, map label values, apply transforms.
+
+Image rule: 8-bit RGB is used as is; grayscale (``L``, ``P``, ``LA``) is repeated to three channels and RGBA drops its
+alpha channel (the colour is kept, not composited); anything with more than 8 bits per channel (16-bit PNGs, float
+TIFFs) is rejected, because silently rescaling it would change what the model sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+__all__ = ["SegmentationDataset", "apply_transforms", "read_image", "read_mask", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+_CONVERTIBLE_MODES = {"RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"}
+_STATS_FILE = ".seglearn_class_stats.json"
+_STATS_MEMORY: dict[str, dict[str, list[int]]] = {}
+
+
+def _is_16bit(im: Image.Image) -> bool:
+    # Pillow decodes 48/64-bit PNGs to 8-bit "RGB"/"RGBA" silently; the tile's raw mode still says ";16".
+    return any(";16" in str(tile.args) for tile in getattr(im, "tile", []) or [])
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an 8-bit image as ``uint8`` (H, W, 3) RGB; grayscale/RGBA are converted (see module docstring)."""
+    path = Path(path)
+    with Image.open(path) as im:
+        if im.mode not in _CONVERTIBLE_MODES or _is_16bit(im):
+            raise ValueError(
+                f"image {path} has mode {im.mode!r} with more than 8 bits per channel: seglearn reads 8-bit images "
+                "only; convert it (e.g. scale to 0..255 and save as 8-bit PNG or JPEG)"
+            )
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a label mask as ``uint8`` (H, W) class indices.
+
+    Palette (``P``) PNGs give their indices, never their colours; ``.mat`` files are SBD's ``GTcls`` labels.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".mat":
+        from scipy.io import loadmat
+
+        return np.asarray(loadmat(path)["GTcls"][0]["Segmentation"][0], dtype=np.uint8)
+    with Image.open(path) as im:
+        if im.mode not in ("L", "P") or _is_16bit(im):
+            raise ValueError(
+                f"mask {path} has mode {im.mode!r}: a label mask must be a single-channel 8-bit PNG of class indices "
+                "(mode 'L' or 'P'); if it is a colour-coded label image, map its colours to class indices first"
+            )
+        return np.array(im, dtype=np.uint8)
+
+
+def apply_transforms(transforms: Callable[..., Any] | None, image: np.ndarray, mask: np.ndarray) -> tuple[Any, Any]:
+    """``transforms(image=, mask=)`` (albumentations style); the mask comes back int64 (numpy) or long (tensor)."""
+    if transforms is None:
+        return image, mask.astype(np.int64)
+    out = transforms(image=image, mask=mask)
+    if not isinstance(out, dict) or "image" not in out or "mask" not in out:
+        raise TypeError(
+            "transforms must be called as transforms(image=..., mask=...) and return a dict with 'image' and "
+            "'mask' (an albumentations Compose, e.g. seglearn.data.train_transforms(...))"
+        )
+    image, mask = out["image"], out["mask"]
+    mask = mask.long() if isinstance(mask, torch.Tensor) else np.asarray(mask, dtype=np.int64)
+    return image, mask
+
+
+class SegmentationDataset(Dataset):
+    """Pairs of (image file, mask file) with class names, a palette and a label map.
+
+    Subclasses fill ``samples`` and set ``classes``/``palette``; ``void_values`` are raw mask values that mean "not
+    labelled" and become ``ignore_index``. Items are ``(uint8 (H, W, 3), int64 (H, W))`` numpy arrays, or what
+    ``transforms(image=..., mask=...)`` returns with the mask as a long tensor (H, W).
+    """
+
+    classes: tuple[str, ...] = ()
+    palette: np.ndarray = np.zeros((0, 3), np.uint8)
+    ignore_index: int = 255
+    void_values: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, Path]],
+        transforms: Callable[..., Any] | None = None,
+        root: Path | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.transforms = transforms
+        self.root = root
+        self._lut = self._build_lut()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _build_lut(self) -> np.ndarray:
+        # raw uint8 value -> label; -1 marks a value that must not occur.
+        lut = np.full(256, -1, dtype=np.int16)
+        lut[: self.num_classes] = np.arange(self.num_classes)
+        lut[self.ignore_index] = self.ignore_index
+        for v in self.void_values:
+            lut[v] = self.ignore_index
+        return lut
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _allowed(self) -> str:
+        void = "".join(f", {v} (void)" for v in self.void_values)
+        return f"0..{self.num_classes - 1}{void} and {self.ignore_index} (ignore)"
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """The label mask of item ``index`` as ``uint8`` (H, W): classes 0..C-1 and ``ignore_index``."""
+        path = self.samples[index][1]
+        raw = read_mask(path)
+        mask = self._lut[raw]
+        if (mask < 0).any():
+            bad = np.unique(raw[mask < 0])
+            raise ValueError(
+                f"mask {path} has values {bad[:10].tolist()} outside {self._allowed()}: is this the right label folder "
+                f"for a {type(self).__name__} dataset? Re-extract or re-download the dataset."
+            )
+        return mask.astype(np.uint8)
+
+    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``uint8`` (H, W, 3) and mask ``uint8`` (H, W), checked to have the same size."""
+        image_path, mask_path = self.samples[index]
+        image, mask = read_image(image_path), self.load_mask(index)
+        if image.shape[:2] != mask.shape:
+            raise ValueError(
+                f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+                f"{mask.shape[1]}x{mask.shape[0]} (WxH): the pair does not match; fix or remove this file"
+            )
+        return image, mask
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, mask = self.load_pair(index)
+        return apply_transforms(self.transforms, image, mask)
+
+    # ----- class statistics (median-frequency balancing) -----
+
+    def _stats_key(self) -> str:
+        names = "\n".join(str(m.relative_to(self.root) if self.root else m) for _, m in self.samples)
+        return f"{getattr(self, 'split', '')}:{hashlib.sha1(names.encode()).hexdigest()[:16]}"
+
+    def class_pixel_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per class: (pixels of c, total pixels of images where c is present), both int64 (num_classes,).
+
+        Computed once over all masks, then cached in ``.seglearn_class_stats.json`` next to the data (in memory when
+        that folder is read-only), keyed by split and file list.
+        """
+        key = self._stats_key()
+        cache_file = self.root / _STATS_FILE if self.root is not None else None
+        mem_key = f"{cache_file}|{key}"
+        stats = _STATS_MEMORY.get(mem_key)
+        if stats is None and cache_file is not None and cache_file.is_file():
+            try:
+                stats = json.loads(cache_file.read_text()).get(key)
+            except (OSError, ValueError):
+                stats = None
+        if stats is None:
+            stats = self._count_pixels()
+            _STATS_MEMORY[mem_key] = stats
+            if cache_file is not None:
+                self._write_stats(cache_file, key, stats)
+        return np.asarray(stats["class_pixels"], np.int64), np.asarray(stats["image_pixels"], np.int64)
+
+    def _count_pixels(self) -> dict[str, list[int]]:
+        c = self.num_classes
+        class_pixels, image_pixels = np.zeros(c, np.int64), np.zeros(c, np.int64)
+        for i in tqdm(range(len(self)), desc="class pixel counts", leave=False, disable=None):
+            mask = self.load_mask(i)
+            counts = np.bincount(mask.ravel(), minlength=256)[:c]
+            class_pixels += counts
+            image_pixels[counts > 0] += mask.size
+        return {"class_pixels": class_pixels.tolist(), "image_pixels": image_pixels.tolist()}
+
+    @staticmethod
+    def _write_stats(cache_file: Path, key: str, stats: dict[str, list[int]]) -> None:
+        try:
+            data = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+        except (OSError, ValueError):
+            data = {}
+        data[key] = stats
+        tmp = cache_file.with_name(cache_file.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=1))
+            tmp.replace(cache_file)
+        except OSError:  # read-only data folder: the in-memory cache still holds the numbers
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def class_frequencies(self) -> np.ndarray:
+        """freq(c) = pixels of c / total pixels of the images where c is present, float64 (num_classes,)."""
+        class_pixels, image_pixels = self.class_pixel_stats()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(image_pixels > 0, class_pixels / np.maximum(image_pixels, 1), 0.0)
+
+    def class_weights(self) -> torch.Tensor:
+        """Median frequency balancing (SegNet, arXiv:1511.00561): median(freq) / freq(c), float32 (num_classes,).
+
+        Classes that never occur get weight 0 (they cannot contribute to the loss anyway).
+        """
+        freq = self.class_frequencies()
+        present = freq > 0
+        if not present.any():
+            raise ValueError(f"{type(self).__name__}: no labelled pixels in any mask, cannot compute class weights")
+        weights = np.zeros_like(freq)
+        weights[present] = np.median(freq[present]) / freq[present]
+        return torch.tensor(weights, dtype=torch.float32)
