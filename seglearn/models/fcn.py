@@ -1,1 +1,199 @@
-"""(being written)"""
+"""FCN: ``fcn32s``/``fcn16s``/``fcn8s`` on VGG16 as the paper, and ``fcn`` (ResNet, dilated) as torchvision's.
+
+The VGG FCNs follow the paper's Caffe nets (``voc-fcn{32,16,8}s``): conv1_1 pads by 100 and pools round up, so
+the score map covers any input; transposed convolutions start as bilinear upsampling; skips are cropped at the
+offsets 5 (pool4) and 9 (pool3) and the output at 19 (32s), 27 (16s) or 31 (8s), which puts every score back on
+the input pixel it was computed for.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import RESNETS, ResNetBackbone, VGGBackbone
+from .blocks import FCNHead, LastFeature
+from .registry import register_model
+from .shell import SegmentationModel
+
+# Crop offsets of the Caffe reference nets (github.com/shelhamer/fcn.berkeleyvision.org, net.py of each model).
+OFFSETS = {"pool4": 5, "pool3": 9, 32: 19, 16: 27, 8: 31}
+
+
+def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
+    """Weights (C, C, k, k) making ``ConvTranspose2d(C, C, k, stride=k // 2)`` a per-channel bilinear upsampling."""
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    og = torch.arange(kernel_size, dtype=torch.float64)
+    filt1d = 1 - (og - center).abs() / factor
+    weight = torch.zeros(channels, channels, kernel_size, kernel_size, dtype=torch.float64)
+    weight[range(channels), range(channels)] = torch.outer(filt1d, filt1d)
+    return weight.float()
+
+
+def bilinear_upsampler(channels: int, factor: int, trainable: bool = True) -> nn.ConvTranspose2d:
+    """``ConvTranspose2d`` (kernel 2*factor, stride factor, no bias) initialised to bilinear interpolation."""
+    up = nn.ConvTranspose2d(channels, channels, 2 * factor, stride=factor, bias=False)
+    with torch.no_grad():
+        up.weight.copy_(bilinear_kernel(channels, 2 * factor))
+    up.weight.requires_grad_(trainable)
+    return up
+
+
+def fc_to_conv(fc: nn.Linear, in_channels: int, kernel_size: int) -> nn.Conv2d:
+    """A ``Linear`` over a flattened (in_channels, k, k) input as the equal ``k x k`` convolution (same weights)."""
+    if fc.in_features != in_channels * kernel_size * kernel_size:
+        raise ValueError(f"Linear has {fc.in_features} inputs, not {in_channels} x {kernel_size} x {kernel_size}")
+    # Built on "meta" and then allocated: fc6 has 103 M weights, a random init only to be overwritten costs seconds.
+    conv = nn.Conv2d(in_channels, fc.out_features, kernel_size, device="meta").to_empty(device=fc.weight.device)
+    with torch.no_grad():
+        conv.weight.copy_(fc.weight.view(fc.out_features, in_channels, kernel_size, kernel_size))
+        conv.bias.copy_(fc.bias)
+    return conv
+
+
+def _crop(x: Tensor, offset: int, size: tuple[int, int]) -> Tensor:
+    return x[..., offset : offset + size[0], offset : offset + size[1]]
+
+
+class FCNVGG(nn.Module):
+    """FCN-32s, FCN-16s and FCN-8s on VGG16.
+
+    Long, Shelhamer, Darrell, "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015,
+    https://arxiv.org/abs/1411.4038
+
+    fc6/fc7 are VGG16's classifier reshaped into a 7x7 and a 1x1 convolution (4096 channels). Class scores of
+    fc7 (stride 32) are upsampled 2x and summed with scores of pool4 (16s), again with pool3 (8s), then upsampled
+    to the input. Skip scores start at zero so training starts from the coarser net; the final upsampling stays
+    fixed to bilinear, the 2x ones are learned (paper §4.2, §4.3). ``at_once=True`` scales pool4 by 0.01 and pool3
+    by 1e-4 before scoring, as the all-at-once net ``voc-fcn8s-atonce``.
+
+    Shapes: (N, 3, H, W) -> ``{"out": (N, num_classes, H, W)}`` for any H, W >= 1; score_fr is
+    (N, num_classes, ceil((H + 198) / 32) - 6, ...).
+    """
+
+    def __init__(
+        self, num_classes: int, stride: int = 8, pretrained_backbone: bool = False, at_once: bool = False
+    ) -> None:
+        super().__init__()
+        if stride not in (32, 16, 8):
+            raise ValueError(f"FCN output stride must be 32, 16 or 8, got {stride}")
+        self.stride, self.at_once = stride, at_once
+        self.backbone = VGGBackbone("vgg16", pretrained=pretrained_backbone, keep_classifier=True)
+        features = self.backbone.features
+        # Pad 100 so that fc6 (7x7, no padding) sees even small inputs; Caffe pools round up.
+        features[0].padding = (100, 100)
+        for m in features:
+            if isinstance(m, nn.MaxPool2d):
+                m.ceil_mode = True
+        fc6, fc7 = self.backbone.classifier[0], self.backbone.classifier[3]
+        self.fc = nn.Sequential(
+            fc_to_conv(fc6, 512, 7),  # (N, 4096, h5 - 6, w5 - 6)
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            fc_to_conv(fc7, 4096, 1),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+        )
+        self.backbone.classifier = None  # fc8 (1000 ImageNet classes) is replaced by score_fr
+        self.score_fr = nn.Conv2d(4096, num_classes, 1)
+        nn.init.zeros_(self.score_fr.weight)
+        nn.init.zeros_(self.score_fr.bias)
+        if stride <= 16:
+            self.score_pool4 = self._zero_score(512, num_classes)
+            self.upscore2 = bilinear_upsampler(num_classes, 2)
+        if stride == 8:
+            self.score_pool3 = self._zero_score(256, num_classes)
+            self.upscore_pool4 = bilinear_upsampler(num_classes, 2)
+        self.upscore = bilinear_upsampler(num_classes, stride, trainable=False)
+
+    @staticmethod
+    def _zero_score(in_channels: int, num_classes: int) -> nn.Conv2d:
+        conv = nn.Conv2d(in_channels, num_classes, 1)
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+        return conv
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        size = x.shape[-2:]
+        _, _, pool3, pool4, pool5 = self.backbone(x)
+        score = self.score_fr(self.fc(pool5))  # (N, C, h5 - 6, w5 - 6), stride 32
+        if self.stride <= 16:
+            score = self.upscore2(score)  # stride 16
+            pool4 = pool4 * 0.01 if self.at_once else pool4
+            score = score + _crop(self.score_pool4(pool4), OFFSETS["pool4"], score.shape[-2:])
+        if self.stride == 8:
+            score = self.upscore_pool4(score)  # stride 8
+            pool3 = pool3 * 1e-4 if self.at_once else pool3
+            score = score + _crop(self.score_pool3(pool3), OFFSETS["pool3"], score.shape[-2:])
+        return {"out": _crop(self.upscore(score), OFFSETS[self.stride], size)}
+
+
+def _vgg_fcn(stride: int, num_classes: int, pretrained_backbone: bool, aux_loss: bool, **kwargs) -> FCNVGG:
+    if aux_loss:
+        raise ValueError(f"fcn{stride}s has no auxiliary head; pass aux_loss=False (the ResNet `fcn` has one)")
+    backbone = kwargs.pop("backbone", "vgg16")
+    if backbone != "vgg16":
+        raise ValueError(f"fcn{stride}s is the paper's VGG16 net; for a ResNet backbone use create_model('fcn', ...)")
+    return FCNVGG(num_classes, stride, pretrained_backbone=pretrained_backbone, **kwargs)
+
+
+@register_model("fcn32s")
+def fcn32s(num_classes: int, *, pretrained_backbone: bool = False, aux_loss: bool = False, **kwargs) -> FCNVGG:
+    """FCN-32s: VGG16 scores upsampled 32x in one step."""
+    return _vgg_fcn(32, num_classes, pretrained_backbone, aux_loss, **kwargs)
+
+
+@register_model("fcn16s")
+def fcn16s(num_classes: int, *, pretrained_backbone: bool = False, aux_loss: bool = False, **kwargs) -> FCNVGG:
+    """FCN-16s: FCN-32s plus a pool4 skip."""
+    return _vgg_fcn(16, num_classes, pretrained_backbone, aux_loss, **kwargs)
+
+
+@register_model("fcn8s")
+def fcn8s(num_classes: int, *, pretrained_backbone: bool = False, aux_loss: bool = False, **kwargs) -> FCNVGG:
+    """FCN-8s: FCN-16s plus a pool3 skip (the paper's best, 134 M parameters for 21 classes)."""
+    return _vgg_fcn(8, num_classes, pretrained_backbone, aux_loss, **kwargs)
+
+
+@register_model("fcn")
+def fcn(
+    num_classes: int,
+    *,
+    backbone: str = "resnet50",
+    pretrained_backbone: bool = False,
+    aux_loss: bool = False,
+    output_stride: int = 8,
+) -> SegmentationModel:
+    """torchvision's FCN: dilated ResNet (output stride 8) + :class:`FCNHead`; aux FCNHead on layer3.
+
+    Shapes: (N, 3, H, W) -> layer4 (N, 2048, H/8, W/8) -> logits bilinearly resized to (N, C, H, W).
+    """
+    if backbone not in RESNETS:
+        raise ValueError(f"fcn takes a ResNet backbone ({', '.join(RESNETS)}); for VGG16 use fcn32s/fcn16s/fcn8s")
+    encoder = ResNetBackbone(backbone, pretrained=pretrained_backbone, output_stride=output_stride)
+    head = LastFeature(FCNHead(encoder.channels[-1], num_classes))
+    aux = FCNHead(encoder.channels[-2], num_classes) if aux_loss else None
+    return SegmentationModel(encoder, head, aux_head=aux, aux_index=-2)
+
+
+def from_torchvision_fcn(tv_model: nn.Module) -> SegmentationModel:
+    """The seglearn ``fcn`` equal to torchvision's ``fcn_resnet50``/``fcn_resnet101``, carrying its weights."""
+    tv_backbone = tv_model.backbone
+    depth = {6: "resnet50", 23: "resnet101"}.get(len(tv_backbone.layer3))
+    if depth is None or not hasattr(tv_backbone.layer1[0], "conv3"):
+        raise TypeError("from_torchvision_fcn expects torchvision's fcn_resnet50 or fcn_resnet101")
+    num_classes = tv_model.classifier[-1].out_channels
+    model = fcn(num_classes, backbone=depth, aux_loss=tv_model.aux_classifier is not None)
+    stem = {"conv1": "stem.0", "bn1": "stem.1"}
+    state = {}
+    for key, value in tv_backbone.state_dict().items():
+        first, rest = key.split(".", 1)
+        state[f"backbone.{stem.get(first, first)}.{rest}"] = value
+    for key, value in tv_model.classifier.state_dict().items():
+        state[f"head.head.{key}"] = value
+    if tv_model.aux_classifier is not None:
+        for key, value in tv_model.aux_classifier.state_dict().items():
+            state[f"aux_head.{key}"] = value
+    model.load_state_dict(state)
+    return model.train(tv_model.training)
