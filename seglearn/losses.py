@@ -81,14 +81,16 @@ class SegLoss(nn.Module):
                 raise ValueError(f"{self.class_weights.numel()} class_weights for {logits.shape[1]} classes")
             weight = self.class_weights.to(device=logits.device, dtype=logits.dtype)
         target = target.to(logits.device).long()
-        total = F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index, reduction="sum")
+        # (N, H, W) per-pixel losses, 0 where ignored; summed in float32 so half-precision logits lose nothing.
+        per_pixel = F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index, reduction="none")
+        total = per_pixel.float().sum()
         valid = target != self.ignore_index
         if weight is None:
-            denom = valid.sum().to(total.dtype)
+            denom = valid.sum().float()
         else:
-            denom = weight[torch.where(valid, target, 0)].mul(valid).sum().to(total.dtype)
+            denom = weight.float()[torch.where(valid, target, 0)].mul(valid).sum()
         # sum / count as torch's "mean", but 0 (with a zero gradient) instead of 0/0 when every pixel is ignored.
-        return total / denom.clamp_min(torch.finfo(total.dtype).tiny)
+        return total / denom.clamp_min(torch.finfo(torch.float32).tiny)
 
     def se_loss(self, se_logits: Tensor, target: Tensor) -> Tensor:
         """BCE-with-logits of (N, C) presence logits against the classes present in each (N, H, W) mask."""

@@ -112,6 +112,15 @@ def test_all_ignored_batch_gives_zero_and_finite_gradients(weights):
     assert torch.isfinite(out.grad).all() and (out.grad == 0).all()
 
 
+def test_half_precision_logits_are_reduced_in_float32(batch):
+    out, _, _, target = batch
+    w = [0.5, 1.0, 2.0, 4.0, 0.25]
+    loss = SegLoss(class_weights=w)(out.detach().bfloat16(), target)
+    assert loss.dtype == torch.float32
+    ref = F.cross_entropy(out.detach().bfloat16().float(), target, weight=torch.tensor(w), ignore_index=255)
+    torch.testing.assert_close(loss, ref, rtol=1e-2, atol=1e-2)
+
+
 def test_presence_targets():
     masks = torch.tensor(
         [
