@@ -10,6 +10,10 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
+# cv2.INTER_NEAREST samples at floor(x / scale), half a pixel off the pixel centres that INTER_LINEAR uses, so a
+# nearest mask drifts against a bilinear image when resizing; INTER_NEAREST_EXACT samples at the centres.
+MASK_INTERPOLATION = cv2.INTER_NEAREST_EXACT
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transforms", "eval_transforms", "denormalize"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,7 +39,7 @@ def train_transforms(
     """Random scale -> pad (image 0, mask ``ignore_index``) -> random crop -> horizontal flip -> normalize -> tensor.
 
     Output of ``preset(image=uint8 (H, W, 3), mask=uint8 (H, W))``: image float32 (3, h, w), mask (h, w) with
-    ``(h, w) = crop_size``. ``interpolation`` is the image's (the mask is always nearest-neighbour).
+    ``(h, w) = crop_size``. ``interpolation`` is the image's; the mask is always nearest-neighbour (centre-aligned).
     """
     h, w = _hw(crop_size, "crop_size")
     lo, hi = scale
@@ -43,7 +47,7 @@ def train_transforms(
         raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}")
     steps = [
         A.RandomScale(
-            scale_limit=(lo - 1, hi - 1), interpolation=interpolation, mask_interpolation=cv2.INTER_NEAREST, p=1.0
+            scale_limit=(lo - 1, hi - 1), interpolation=interpolation, mask_interpolation=MASK_INTERPOLATION, p=1.0
         ),
         A.PadIfNeeded(
             min_height=h,
@@ -74,7 +78,7 @@ def eval_transforms(
     steps = []
     if size is not None:
         h, w = _hw(size, "size")
-        steps.append(A.Resize(height=h, width=w, interpolation=interpolation, mask_interpolation=cv2.INTER_NEAREST))
+        steps.append(A.Resize(height=h, width=w, interpolation=interpolation, mask_interpolation=MASK_INTERPOLATION))
     steps += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(steps)
 
