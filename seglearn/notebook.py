@@ -1,0 +1,199 @@
+"""``setup_notebook()``: the first cell of every chapter — versions, device, seed, data root and the run mode.
+
+The run mode is one variable, ``SEGLEARN_MODE``: ``QUICK`` (CI, a CPU: small data, a minute per chapter) or ``FULL``
+(a GPU: real CamVid at 360x480, trained to the numbers the chapter states). Without the variable a CPU runs QUICK
+and a GPU runs FULL. :class:`NotebookConfig` carries the helpers that keep chapters short and free of training loops.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+import seglearn
+from seglearn.checkpoint import seed_everything
+
+MODES = ("QUICK", "FULL")
+T = TypeVar("T")
+
+CAMVID_SIZE = (360, 480)
+# QUICK frames: CamVid shrunk 3x, so that a chapter trains on two CPU cores in about a minute.
+QUICK_SIZE = (120, 160)
+
+
+@dataclass
+class LoaderInfo:
+    """What a chapter needs to know about the data behind its loaders (also readable as ``info["classes"]``)."""
+
+    classes: list[str]
+    palette: np.ndarray
+    num_classes: int
+    ignore_index: int
+    source: str  # "camvid" or "synthetic"
+    train_size: int
+    val_size: int
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+def run_mode(device: torch.device) -> str:
+    """``SEGLEARN_MODE`` (QUICK or FULL, any case) or, when unset, QUICK on a CPU and FULL on a GPU."""
+    raw = os.environ.get("SEGLEARN_MODE", "").strip()
+    if not raw:
+        return "FULL" if device.type == "cuda" else "QUICK"
+    mode = raw.upper()
+    if mode not in MODES:
+        raise ValueError(f"SEGLEARN_MODE={raw!r} is not a run mode; set it to QUICK or FULL (or unset it)")
+    return mode
+
+
+def _matplotlib_defaults() -> None:
+    import matplotlib as mpl
+
+    mpl.rcParams.update(
+        {
+            "figure.figsize": (8.0, 4.0),
+            "figure.dpi": 100,  # small committed outputs
+            "savefig.bbox": "tight",
+            "image.interpolation": "nearest",  # label maps must not be smoothed
+            "axes.grid": False,
+            "font.size": 10,
+        }
+    )
+
+
+@dataclass
+class NotebookConfig:
+    """The run's settings and the helpers a chapter calls instead of writing loaders or loops itself."""
+
+    mode: str
+    device: torch.device
+    seed: int
+    data_root: Path
+    camvid_root: Path | None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def quick(self) -> bool:
+        return self.mode == "QUICK"
+
+    def pick(self, quick: T, full: T) -> T:
+        """``quick`` in QUICK mode, ``full`` in FULL mode (epochs, sizes, ...)."""
+        return quick if self.quick else full
+
+    def summary(self) -> str:
+        """The block :func:`setup_notebook` prints."""
+        v = self.versions
+        data = f"{self.data_root}  (CamVid: {self.camvid_root or 'not found, QUICK uses SyntheticScenes'})"
+        return "\n".join(
+            [
+                f"seglearn {v.get('seglearn')} | python {v.get('python')} | torch {v.get('torch')} | "
+                f"torchvision {v.get('torchvision')}",
+                f"device: {self.device} | seed: {self.seed} | mode: {self.mode} "
+                f"({'small data, about a minute' if self.quick else 'real data, paper-style training'}; "
+                "set SEGLEARN_MODE=QUICK|FULL to change)",
+                f"data root: {data}",
+            ]
+        )
+
+    def camvid_loaders(
+        self,
+        crop: int | tuple[int, int] = (360, 480),
+        batch_size: int = 8,
+        quick_train: int = 32,
+        quick_val: int = 8,
+        workers: int | None = None,
+        quick_size: tuple[int, int] = QUICK_SIZE,
+    ) -> tuple[DataLoader, DataLoader, LoaderInfo]:
+        """Train and val loaders for CamVid's 11 classes, sized by the run mode.
+
+        QUICK: the first ``quick_train``/``quick_val`` images of real CamVid when it is on disk, else as many
+        :class:`~seglearn.data.SyntheticScenes`; frames are ``quick_size`` (CamVid's 360x480 shrunk 3x) and train
+        crops are ``crop`` clipped to that size. FULL: all of CamVid train/val at 360x480 (downloaded if missing),
+        train with the augmenting preset at ``crop``, val at full size.
+        Batches: images (B, 3, h, w) float (ImageNet-normalized), masks (B, h, w) long with 255 = ignore.
+        """
+        from seglearn import data
+
+        crop_hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
+        if len(crop_hw) != 2 or min(crop_hw) < 1:
+            raise ValueError(f"crop must be an int or (H, W) with positive sizes, got {crop!r}")
+        if self.quick:
+            crop_hw = (min(crop_hw[0], quick_size[0]), min(crop_hw[1], quick_size[1]))
+        if self.quick and self.camvid_root is not None:
+            s = quick_size[0] / CAMVID_SIZE[0]  # shrink the frame, then jitter mildly around it (0.75..1.25)
+            train_tf = data.train_transforms(crop_hw, scale=(0.75 * s, 1.25 * s))
+            train_ref = data.CamVid(self.camvid_root, "train", transforms=train_tf)
+            val_ref = data.CamVid(self.camvid_root, "val", transforms=data.eval_transforms(size=quick_size))
+            train_set: Dataset = Subset(train_ref, range(min(quick_train, len(train_ref))))
+            val_set: Dataset = Subset(val_ref, range(min(quick_val, len(val_ref))))
+            source = "camvid"
+        elif self.quick:
+            train_tf = data.train_transforms(crop_hw, scale=(0.75, 1.25))
+            train_ref = data.build_dataset("synthetic", "train", num_images=quick_train, size=quick_size,
+                                           seed=self.seed, transforms=train_tf)  # fmt: skip
+            train_set = train_ref
+            val_set = data.build_dataset("synthetic", "val", num_images=quick_val, size=quick_size, seed=self.seed,
+                                         transforms=data.eval_transforms())  # fmt: skip
+            source = "synthetic"
+        else:
+            # FULL: the real thing; downloading is allowed here (a GPU session), never in QUICK/CI.
+            root = self.camvid_root or data.download_camvid()
+            train_ref = data.CamVid(root, "train", transforms=data.train_transforms(crop_hw))
+            train_set = train_ref
+            val_set = data.CamVid(root, "val", transforms=data.eval_transforms())
+            source = "camvid"
+        train_ref.transforms.set_random_seed(self.seed)  # albumentations 2 draws from its own generator
+        n_workers = self.pick(0, min(4, os.cpu_count() or 1)) if workers is None else workers
+        pin = self.device.type == "cuda"
+        train_loader = DataLoader(
+            train_set, batch_size, shuffle=True, drop_last=len(train_set) > batch_size, num_workers=n_workers,
+            generator=torch.Generator().manual_seed(self.seed), pin_memory=pin, persistent_workers=n_workers > 0,
+        )  # fmt: skip
+        val_loader = DataLoader(val_set, batch_size, shuffle=False, num_workers=n_workers, pin_memory=pin)
+        info = LoaderInfo(
+            classes=list(train_ref.classes),
+            palette=np.asarray(train_ref.palette),
+            num_classes=train_ref.num_classes,
+            ignore_index=train_ref.ignore_index,
+            source=source,
+            train_size=len(train_set),
+            val_size=len(val_set),
+        )
+        return train_loader, val_loader, info
+
+
+def setup_notebook(seed: int = 0, device: str | torch.device | None = None, quiet: bool = False) -> NotebookConfig:
+    """Seed everything, pick the device and run mode, set plotting defaults and print one short summary block."""
+    import torchvision
+
+    from seglearn.data import data_root, locate_dataset
+
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mode = run_mode(dev)
+    seed_everything(seed)
+    _matplotlib_defaults()
+    cfg = NotebookConfig(
+        mode=mode,
+        device=dev,
+        seed=seed,
+        data_root=Path(data_root()),
+        camvid_root=locate_dataset("camvid"),
+        versions={
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "seglearn": seglearn.__version__,
+        },
+    )
+    if not quiet:
+        print(cfg.summary())  # the notebook's setup cell shows this block; it is the one print in the package
+    return cfg

@@ -1,0 +1,145 @@
+"""``setup_notebook``: run mode from the environment, seeding, the printed block, and the chapter data loaders."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pytest
+import torch
+
+import seglearn
+from seglearn.notebook import QUICK_SIZE, NotebookConfig, run_mode, setup_notebook
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SEGLEARN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def no_camvid(monkeypatch, tmp_path):
+    """Point every place seglearn looks for data at empty folders."""
+    monkeypatch.setenv("SEGLEARN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SEGLEARN_SHARED_DATA", str(tmp_path / "shared"))
+
+
+@pytest.fixture
+def shared_camvid_only(monkeypatch, tmp_path):
+    """Only the shared real CamVid is visible (skips when it is not on this machine)."""
+    if not (SHARED_DATA / "camvid" / "train").is_dir():
+        pytest.skip(f"real CamVid not present at {SHARED_DATA / 'camvid'}")
+    monkeypatch.setenv("SEGLEARN_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SEGLEARN_SHARED_DATA", str(SHARED_DATA))
+    return SHARED_DATA / "camvid"
+
+
+@pytest.mark.parametrize(
+    "env, device, expected",
+    [(None, "cpu", "QUICK"), (None, "cuda", "FULL"), ("full", "cpu", "FULL"), (" Quick ", "cuda", "QUICK"), ("", "cpu", "QUICK")],
+)
+def test_mode_comes_from_env_else_from_the_device(monkeypatch, env, device, expected):
+    if env is None:
+        monkeypatch.delenv("SEGLEARN_MODE", raising=False)
+    else:
+        monkeypatch.setenv("SEGLEARN_MODE", env)
+    assert run_mode(torch.device(device)) == expected
+
+
+def test_unknown_mode_is_refused_with_the_choices(monkeypatch, no_camvid):
+    monkeypatch.setenv("SEGLEARN_MODE", "fast")
+    with pytest.raises(ValueError, match="set it to QUICK or FULL"):
+        setup_notebook()
+
+
+def test_setup_prints_one_block_and_seeds_everything(monkeypatch, no_camvid, capsys, tmp_path):
+    monkeypatch.setenv("SEGLEARN_MODE", "QUICK")
+    mpl.rcParams["image.interpolation"] = "antialiased"
+    cfg = seglearn.setup_notebook(seed=3)  # the lazy top-level export
+    drawn = (random.random(), np.random.rand(), torch.rand(2))
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    assert drawn[0] == random.random() and drawn[1] == np.random.rand() and torch.equal(drawn[2], torch.rand(2))
+
+    text = capsys.readouterr().out
+    assert 2 <= len(text.strip().splitlines()) <= 5
+    for needle in (torch.__version__, seglearn.__version__, "torchvision", "python", "seed: 3", "mode: QUICK"):
+        assert needle in text, needle
+    assert str(tmp_path / "data") in text and "SyntheticScenes" in text
+    assert mpl.rcParams["image.interpolation"] == "nearest"  # label maps stay crisp
+
+    assert isinstance(cfg, NotebookConfig)
+    assert (cfg.mode, cfg.quick, cfg.seed, cfg.device.type) == ("QUICK", True, 3, "cpu")
+    assert cfg.data_root == tmp_path / "data" and cfg.camvid_root is None
+    assert cfg.pick(quick=2, full=50) == 2
+
+
+def test_full_mode_picks_the_full_value(monkeypatch, no_camvid):
+    monkeypatch.setenv("SEGLEARN_MODE", "FULL")
+    cfg = setup_notebook(quiet=True)
+    assert cfg.mode == "FULL" and not cfg.quick and cfg.pick(quick=2, full=50) == 50
+
+
+def test_quick_without_camvid_falls_back_to_synthetic_scenes(monkeypatch, no_camvid):
+    monkeypatch.setenv("SEGLEARN_MODE", "QUICK")
+    cfg = setup_notebook(seed=1, quiet=True)
+    train, val, info = cfg.camvid_loaders(crop=(64, 96), batch_size=4, quick_train=10, quick_val=3)
+    assert info.source == info["source"] == "synthetic"
+    assert (info.num_classes, len(info.classes), info.palette.shape) == (11, 11, (11, 3))
+    assert info.classes[3] == "Road" and info.ignore_index == 255
+    assert (len(train.dataset), len(val.dataset), info.train_size, info.val_size) == (10, 3, 10, 3)
+    images, masks = next(iter(train))
+    assert images.shape == (4, 3, 64, 96) and images.dtype == torch.float32
+    assert masks.shape == (4, 64, 96) and masks.dtype == torch.long
+    assert set(masks.unique().tolist()) <= set(range(11)) | {255}
+    assert len(train) == 2  # drop_last: no batch of one reaches BatchNorm
+    images, masks = next(iter(val))
+    assert images.shape == (3, 3, *QUICK_SIZE) and masks.shape == (3, *QUICK_SIZE)
+
+
+def test_quick_loaders_are_reproducible_for_a_seed(monkeypatch, no_camvid):
+    monkeypatch.setenv("SEGLEARN_MODE", "QUICK")
+    batches = []
+    for _ in range(2):
+        cfg = setup_notebook(seed=5, quiet=True)
+        train, _, _ = cfg.camvid_loaders(crop=48, batch_size=2, quick_train=4, quick_val=2)
+        batches.append(next(iter(train)))
+    assert torch.equal(batches[0][0], batches[1][0]) and torch.equal(batches[0][1], batches[1][1])
+
+
+def test_quick_clips_a_full_size_crop_to_the_quick_frame(monkeypatch, no_camvid):
+    monkeypatch.setenv("SEGLEARN_MODE", "QUICK")
+    cfg = setup_notebook(quiet=True)
+    train, _, _ = cfg.camvid_loaders(crop=(360, 480), batch_size=2, quick_train=2, quick_val=1)
+    assert next(iter(train))[0].shape == (2, 3, *QUICK_SIZE)
+
+
+def test_bad_crop_is_refused(monkeypatch, no_camvid):
+    monkeypatch.setenv("SEGLEARN_MODE", "QUICK")
+    cfg = setup_notebook(quiet=True)
+    with pytest.raises(ValueError, match="crop must be"):
+        cfg.camvid_loaders(crop=(0, 10))
+
+
+def test_quick_uses_the_first_images_of_real_camvid(monkeypatch, shared_camvid_only):
+    monkeypatch.setenv("SEGLEARN_MODE", "QUICK")
+    cfg = setup_notebook(quiet=True)
+    assert cfg.camvid_root == shared_camvid_only
+    train, val, info = cfg.camvid_loaders(crop=(96, 128), batch_size=3, quick_train=6, quick_val=2)
+    assert info.source == "camvid" and (info.train_size, info.val_size) == (6, 2)
+    assert list(train.dataset.indices) == list(range(6)) and list(val.dataset.indices) == [0, 1]
+    images, masks = next(iter(train))
+    assert images.shape == (3, 3, 96, 128) and masks.shape == (3, 96, 128)
+    images, masks = next(iter(val))
+    assert images.shape == (2, 3, *QUICK_SIZE) and masks.shape == (2, *QUICK_SIZE)
+    assert set(masks.unique().tolist()) <= set(range(11)) | {255}
+
+
+def test_full_uses_all_of_camvid_at_full_size(monkeypatch, shared_camvid_only):
+    monkeypatch.setenv("SEGLEARN_MODE", "FULL")
+    cfg = setup_notebook(device="cpu", quiet=True)
+    train, val, info = cfg.camvid_loaders(crop=(256, 320), batch_size=2, workers=0)
+    assert info.source == "camvid" and (info.train_size, info.val_size) == (367, 101)
+    assert next(iter(train))[0].shape == (2, 3, 256, 320)
+    images, masks = next(iter(val))
+    assert images.shape == (2, 3, 360, 480) and masks.shape == (2, 360, 480)
