@@ -37,7 +37,13 @@ def shared_camvid_only(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     "env, device, expected",
-    [(None, "cpu", "QUICK"), (None, "cuda", "FULL"), ("full", "cpu", "FULL"), (" Quick ", "cuda", "QUICK"), ("", "cpu", "QUICK")],
+    [
+        (None, "cpu", "QUICK"),
+        (None, "cuda", "FULL"),
+        ("full", "cpu", "FULL"),
+        (" Quick ", "cuda", "QUICK"),
+        ("", "cpu", "QUICK"),
+    ],
 )
 def test_mode_comes_from_env_else_from_the_device(monkeypatch, env, device, expected):
     if env is None:
