@@ -26,16 +26,17 @@ def _fmt(x: float) -> str:
     return "-" if np.isnan(x) else f"{100 * x:.2f}"
 
 
-@dataclass
+@dataclass(eq=False)
 class SegScores:
-    """Scores of one evaluation, all fractions in [0, 1].
+    """Scores of one evaluation, all fractions in [0, 1], as defined in "Fully Convolutional Networks for Semantic
+    Segmentation" (Long, Shelhamer and Darrell, https://arxiv.org/abs/1411.4038, section 5).
 
     Attributes:
         pixel_acc: correct pixels / labelled pixels.
         mean_acc: mean over classes of the per-class recall ``acc``.
         iou: (C,) float64 intersection over union per class; NaN for a class absent from both truth and prediction.
         miou: mean of ``iou`` over the classes where it is defined.
-        fwiou: IoU weighted by each class's share of the labelled pixels (FCN paper, arXiv:1411.4038, section 5).
+        fwiou: IoU weighted by each class's share of the labelled pixels.
         acc: (C,) float64 recall per class (correct / truth pixels); NaN for a class absent from the truth.
     """
 
@@ -49,6 +50,15 @@ class SegScores:
     def __post_init__(self) -> None:
         self.iou = np.asarray(self.iou, dtype=np.float64)
         self.acc = np.full_like(self.iou, np.nan) if self.acc is None else np.asarray(self.acc, dtype=np.float64)
+
+    def __eq__(self, other: object) -> bool:
+        # Field by field with NaN == NaN (absent classes), so a checkpoint round trip compares equal.
+        if not isinstance(other, SegScores):
+            return NotImplemented
+        return all(
+            np.array_equal(np.asarray(getattr(self, f)), np.asarray(getattr(other, f)), equal_nan=True)
+            for f in ("pixel_acc", "mean_acc", "iou", "miou", "fwiou", "acc")
+        )
 
     @property
     def num_classes(self) -> int:
@@ -93,6 +103,9 @@ class SegScores:
 
 class ConfusionMatrix:
     """Dataset-wide confusion matrix ``mat[truth, prediction]`` (C, C) int64, accumulated with ``torch.bincount``.
+
+    The counts behind the scores of "Fully Convolutional Networks for Semantic Segmentation" (Long et al.,
+    https://arxiv.org/abs/1411.4038, section 5): ``n_ij`` pixels of class i predicted as j.
 
     Args:
         num_classes: number of classes C.

@@ -204,6 +204,13 @@ def test_table_and_dict():
     assert "mIoU 72.22" in str(s)
 
 
+def test_segscores_compare_equal_with_nan_classes():
+    a = ConfusionMatrix(4).update(PRED, TARGET).compute()
+    b = ConfusionMatrix(4).update(PRED, TARGET).compute()
+    assert np.isnan(a.iou[3]) and a == b
+    assert a != ConfusionMatrix(4).update(TARGET.clamp(max=2), TARGET).compute()
+
+
 def test_segscores_fills_acc_when_not_given():
     s = SegScores(pixel_acc=0.5, mean_acc=0.5, iou=[0.1, 0.2], miou=0.15, fwiou=0.2)
     assert s.acc.shape == (2,) and np.isnan(s.acc).all() and s.iou.dtype == np.float64
