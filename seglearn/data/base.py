@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,10 @@ class SegmentationDataset(Dataset):
     def _count_pixels(self) -> dict[str, list[int]]:
         c = self.num_classes
         class_pixels, image_pixels = np.zeros(c, np.int64), np.zeros(c, np.int64)
-        for i in tqdm(range(len(self)), desc="class pixel counts", leave=False, disable=None):
+        indices = range(len(self))
+        if len(self) >= 200:  # about a second or more of PNG decoding
+            indices = tqdm(indices, desc="class pixel counts", leave=False)
+        for i in indices:
             mask = self.load_mask(i)
             counts = np.bincount(mask.ravel(), minlength=256)[:c]
             class_pixels += counts
@@ -193,6 +197,8 @@ class SegmentationDataset(Dataset):
 
     @staticmethod
     def _write_stats(cache_file: Path, key: str, stats: dict[str, list[int]]) -> None:
+        if not _writable(cache_file.parent):
+            return
         try:
             data = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
         except (OSError, ValueError):
@@ -226,3 +232,14 @@ class SegmentationDataset(Dataset):
         weights = np.zeros_like(freq)
         weights[present] = np.median(freq[present]) / freq[present]
         return torch.tensor(weights, dtype=torch.float32)
+
+
+def _writable(folder: Path) -> bool:
+    """Whether ``folder`` may be written; for root, whose writes always succeed, its mode bits must allow it."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return False
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return bool(mode & 0o222)
+    return os.access(folder, os.W_OK)
