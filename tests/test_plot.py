@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -27,6 +30,9 @@ from seglearn.plot import (  # noqa: E402
     to_image,
 )
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SEGLEARN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+VOC_MASKS = SHARED_DATA / "voc-sample" / "VOCdevkit" / "VOC2012" / "SegmentationClass"
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 PALETTE = np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222]], dtype=np.uint8)
@@ -66,6 +72,21 @@ def test_decode_mask_maps_labels_exactly_to_palette():
     m = mask.copy()
     m[m == 255] = 7
     assert (decode_mask(m, PALETTE, ignore_index=7, ignore_color=(9, 9, 9))[1, 2] == 9).all()
+
+
+@pytest.mark.skipif(not VOC_MASKS.is_dir(), reason="shared VOC sample not present")
+@pytest.mark.parametrize("name", ["2007_000032", "2007_000033"])
+def test_decode_mask_matches_pillow_on_real_voc_palette_pngs(name):
+    from PIL import Image
+
+    png = Image.open(VOC_MASKS / f"{name}.png")
+    assert png.mode == "P"
+    palette = np.asarray(png.getpalette(), dtype=np.uint8).reshape(-1, 3)
+    mask = np.asarray(png)
+    assert 255 in mask  # object boundaries
+    # 21 class colours; the boundary value 255 gets the PNG's own colour for index 255 (224, 224, 192).
+    rgb = decode_mask(mask, palette[:21], ignore_color=tuple(palette[255]))
+    assert np.array_equal(rgb, np.asarray(png.convert("RGB")))
 
 
 def test_decode_mask_errors():
