@@ -37,7 +37,9 @@ def check_inputs(image: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
             "(img * 255).round().astype(np.uint8) for an image in [0, 1]"
         )
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}; a (3, H, W) array needs .transpose(1, 2, 0)")
+        raise ValueError(
+            f"image must be (H, W, 3) RGB, got shape {image.shape}; a (3, H, W) array needs .transpose(1, 2, 0)"
+        )
     if probs.ndim != 3:
         raise ValueError(f"probs must be (C, H, W) class probabilities for one image, got shape {probs.shape}")
     if probs.shape[1:] != image.shape[:2]:

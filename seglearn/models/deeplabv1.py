@@ -171,5 +171,7 @@ def deeplabv1(
     the ImageNet classifier, otherwise they start from PyTorch's default initialisation."""
     if not backbone.startswith("vgg16"):
         raise ValueError(f"deeplabv1 is built on VGG16: pass backbone='vgg16' or 'vgg16_bn', not {backbone!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown DeepLab v1 variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
     vgg = VGGBackbone(backbone, pretrained=pretrained_backbone, keep_classifier=pretrained_backbone)
     return DeepLabV1(num_classes, vgg, variant=variant, aux_loss=aux_loss, caffe_pooling=caffe_pooling, dropout=dropout)
