@@ -207,6 +207,12 @@ def capture_rng_state(loader: Any = None) -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any], loader: Any = None) -> None:
     """Inverse of :func:`capture_rng_state` (the same loader, or one built the same way)."""
+    generators, transforms = _loader_generators(loader), _transform_rngs(loader)
+    if len(generators) != len(state.get("loader", [])) or len(transforms) != len(state.get("transforms", [])):
+        raise ValueError(
+            "the train loader differs from the one the checkpoint was written with (its generators or random "
+            "transforms); build it the same way to resume, or start a fresh checkpoint_dir"
+        )
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -214,12 +220,6 @@ def restore_rng_state(state: dict[str, Any], loader: Any = None) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    generators, transforms = _loader_generators(loader), _transform_rngs(loader)
-    if len(generators) != len(state.get("loader", [])) or len(transforms) != len(state.get("transforms", [])):
-        raise ValueError(
-            "the train loader differs from the one the checkpoint was written with (its generators or random "
-            "transforms); build it the same way to resume, or start a fresh checkpoint_dir"
-        )
     for g, g_state in zip(generators, state.get("loader", []), strict=True):
         g.set_state(g_state)
     for t, t_state in zip(transforms, state.get("transforms", []), strict=True):

@@ -1,0 +1,175 @@
+"""Exact resume: a run stopped (cleanly, or by SIGKILL mid-epoch) and resumed ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from seglearn.engine import fit
+from seglearn.models import create_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors: a single thread avoids OpenMP contention on a shared CPU (and is faster here).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# The child trains tinyfcn on tiny random tensors. With SEGLEARN_KILL_AT=k it SIGKILLs itself when the train set
+# serves its k-th item (mid-epoch, nothing flushed); with "resume" it continues the killed run, then trains the same
+# job uninterrupted in the same process, and saves both results for the parent to compare.
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+    from seglearn.engine import fit
+    from seglearn.models import create_model
+
+    torch.set_num_threads(1)
+    KILL_AT = int(os.environ.get("SEGLEARN_KILL_AT", "0"))
+
+    class Scenes(Dataset):
+        def __init__(self, n, seed, kill_at=0):
+            g = torch.Generator().manual_seed(seed)
+            self.masks = torch.randint(0, 3, (n, 6, 8), generator=g).repeat_interleave(8, 1).repeat_interleave(8, 2)
+            self.images = torch.eye(3)[self.masks].permute(0, 3, 1, 2) + 0.5 * torch.randn(n, 3, 48, 64, generator=g)
+            self.served, self.kill_at = 0, kill_at
+
+        def __len__(self):
+            return len(self.masks)
+
+        def __getitem__(self, i):
+            self.served += 1
+            if self.served == self.kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return self.images[i], self.masks[i]
+
+    def run(ckpt, resume, kill_at=0):
+        torch.manual_seed(123 if resume else 0)  # a resumed run must not depend on its fresh initial weights
+        model = create_model("tinyfcn", 3, width=8)
+        train = DataLoader(Scenes(8, 0, kill_at), batch_size=2, shuffle=True)
+        val = DataLoader(Scenes(4, 1), batch_size=2)
+        h = fit(model, train, val, epochs=3, lr=0.1, seed=5, device="cpu", checkpoint_dir=ckpt, resume=resume,
+                progress=False, model_config={"name": "tinyfcn", "num_classes": 3, "width": 8})
+        return {"state": model.state_dict(), "train_loss": h.train_loss, "miou": [s.miou for s in h.val],
+                "iou": [torch.from_numpy(s.iou) for s in h.val], "epochs": h.epochs}
+
+    mode, ckpt, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    if mode == "kill":
+        run(ckpt, resume=False, kill_at=KILL_AT)
+        sys.exit("the run was meant to be killed")
+    resumed = run(ckpt, resume=True)
+    straight = run(ckpt + "-straight", resume=False)
+    torch.save({"resumed": resumed, "straight": straight}, out)
+    """
+)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    ckpt, out = tmp_path / "ckpt", tmp_path / "result.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT)}
+
+    # 8 train images per epoch: the 21st served item is the 5th of epoch 3 (two epochs are checkpointed).
+    killed = subprocess.run(
+        [sys.executable, str(script), "kill", str(ckpt), str(out)],
+        env={**env, "SEGLEARN_KILL_AT": "21"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert torch.load(ckpt / "last.pt", weights_only=True)["epoch"] == 2
+    assert not [p for p in ckpt.iterdir() if p.suffix == ".tmp"]  # no half-written files left behind
+
+    done = subprocess.run(
+        [sys.executable, str(script), "resume", str(ckpt), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = torch.load(out, weights_only=True)
+    resumed, straight = result["resumed"], result["straight"]
+    assert resumed["epochs"] == straight["epochs"] == 3
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=0, abs=1e-6)
+    assert resumed["miou"] == pytest.approx(straight["miou"], rel=0, abs=1e-6)
+    for a, b in zip(resumed["iou"], straight["iou"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, equal_nan=True)
+    for key, value in straight["state"].items():
+        torch.testing.assert_close(resumed["state"][key], value, rtol=0, atol=1e-6, msg=key)
+
+
+# ---------------------------------------------------------------- in process: augmentations and own generators
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    from seglearn.data import SyntheticScenes, eval_transforms, train_transforms
+
+    train = SyntheticScenes(6, size=(40, 56), seed=0, transforms=train_transforms((32, 48), scale=(0.75, 1.25)))
+    val = SyntheticScenes(2, size=(32, 48), seed=1, transforms=eval_transforms())
+    return train, val
+
+
+def _run(scenes, ckpt, epochs=3, resume=False, init_seed=0, **kw):
+    train, val = scenes
+    torch.manual_seed(init_seed)
+    model = create_model("tinyfcn", train.num_classes, width=8)
+    loader = DataLoader(train, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(9))
+    h = fit(model, loader, DataLoader(val, batch_size=2), epochs=epochs, lr=0.05, seed=3, device="cpu",
+            checkpoint_dir=ckpt, resume=resume, progress=False, **kw)  # fmt: skip
+    return model, h
+
+
+def test_stop_on_time_budget_then_resume_is_exact_with_augmentations(scenes, tmp_path):
+    straight_model, straight = _run(scenes, tmp_path / "a")
+    _, first = _run(scenes, tmp_path / "b", time_budget_s=0.0)
+    assert first.epochs == 1 and first.stopped_early
+    model, h = _run(scenes, tmp_path / "b", resume=True, init_seed=99)
+    assert h.epochs == 3 and not h.stopped_early
+    assert h.train_loss == straight.train_loss  # the albumentations and loader generators were restored
+    assert [s.miou for s in h.val] == [s.miou for s in straight.val]
+    for (k, a), b in zip(model.state_dict().items(), straight_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_resume_of_a_finished_run_returns_its_history(scenes, tmp_path):
+    _, h = _run(scenes, tmp_path, epochs=1)
+    model, again = _run(scenes, tmp_path, epochs=1, resume=True, init_seed=5)
+    assert again.train_loss == h.train_loss and again.val_epochs == [1]
+
+
+def test_resume_without_a_checkpoint_warns_and_starts_fresh(scenes, tmp_path):
+    with pytest.warns(UserWarning, match="starting from scratch"):
+        _, h = _run(scenes, tmp_path / "empty", epochs=1, resume=True)
+    assert h.epochs == 1
+
+
+def test_resume_with_another_model_or_config_is_refused(scenes, tmp_path):
+    train, val = scenes
+    _run(scenes, tmp_path, epochs=1, model_config={"name": "tinyfcn", "width": 8})
+    loader = DataLoader(train, batch_size=2)
+    wider = create_model("tinyfcn", train.num_classes, width=16)
+    with pytest.raises(ValueError, match=r"shape mismatches: .*\(8, 3, 3, 3\) in the checkpoint vs \(16, 3, 3, 3\)"):
+        fit(wider, loader, epochs=2, lr=0.1, checkpoint_dir=tmp_path, resume=True, progress=False)
+    same = create_model("tinyfcn", train.num_classes, width=8)
+    with pytest.raises(ValueError, match="model config"):
+        fit(same, loader, epochs=2, lr=0.1, checkpoint_dir=tmp_path, resume=True, progress=False,
+            model_config={"name": "unet", "width": 8})  # fmt: skip
