@@ -16,19 +16,20 @@ class Encoding(nn.Module):
     :math:`s_k` (k = 1..K):
 
     .. math::
-        a_{ik} = \mathrm{softmax}_k\big(s_k \lVert x_i - d_k \rVert^2\big), \qquad
+        a_{ik} = \mathrm{softmax}_k\big(-s_k \lVert x_i - d_k \rVert^2\big), \qquad
         e_k = \sum_i a_{ik} (x_i - d_k).
 
-    ``scale`` is stored with its sign as in PyTorch-Encoding (``scaled_l2`` multiplies the squared distance by it),
-    so the paper's smoothing factor is ``-scale``; its initialisation uniform(-1, 0) makes near codewords win.
+    The parameter ``scale`` holds :math:`-s_k`, as PyTorch-Encoding's ``scaled_l2`` multiplies the squared distance
+    by it; its initialisation uniform(-1, 0) (i.e. :math:`s_k > 0`) makes near codewords win.
     Codewords start uniform(-1/sqrt(K*D), 1/sqrt(K*D)), as PyTorch-Encoding's ``Encoding.reset_params``.
 
     Memory: the (N, HW, K, D) residual tensor of the naive form is never built. The distance is expanded as
     ``||x||^2 - 2 x.d + ||d||^2`` (two matrix products) and ``e_k = A^T X - (sum_i a_ik) d_k``, so the layer keeps
-    only (N, K, HW) tensors beside its input. For 64x64 features of 512 channels with K = 32 (N = 1, float32) the
-    naive residual alone is 268.4 MB (4096 * 32 * 512 * 4 B); this forward peaks at 2.1 MB of new allocations above
-    its 8.4 MB input, measured with ``torch.profiler.profile(profile_memory=True)`` on CPU (running sum of the
-    ``[memory]`` allocation/free events; ``python benchmarks/context_speed.py --encoding-memory``).
+    only (N, K, HW) tensors beside its input. For 64x64 features of 512 channels with K = 32 (N = 1, float32:
+    an 8 MiB input) the naive residual alone is 256 MiB (4096 * 32 * 512 * 4 B) and the naive forward peaks at
+    512.6 MiB of new tensors; this forward peaks at 1.5 MiB, forward+backward at 24.1 MiB. Measured on CPU with
+    ``torch.profiler.profile(profile_memory=True)``, replaying its allocation/free timeline as a running sum
+    (``python benchmarks/context_speed.py --encoding-memory``); tests/test_encoding.py checks the bound.
 
     Shapes: ``x`` (N, D, H, W) or (N, D, L) -> ``e`` (N, K, D); :meth:`assignments` gives ``a`` as (N, HW, K).
     """
