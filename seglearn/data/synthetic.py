@@ -97,7 +97,7 @@ def _draw_scene(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, n
         if rng.random() < 0.8:
             top_y = horizon - h * u(0.08, 0.5)
             base = c.color(BUILDING)
-            c.rect(top_y, horizon + ground * 0.15, x, x + bw, BUILDING, base)
+            c.rect(top_y, horizon + 1, x, x + bw, BUILDING, base)
             win = base * u(0.4, 1.5)
             ph, pw = max(h * u(0.04, 0.08), 3), max(bw * u(0.15, 0.3), 3)
             for wy in np.arange(top_y + ph * 0.5, horizon - ph, ph * 1.6):
