@@ -56,8 +56,9 @@ def check_inputs(image: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
             f"probs must sum to 1 over classes (dim 0), max deviation {deviation:.3g}: apply softmax over the class "
             "dimension first"
         )
-    # pydensecrf reads raw buffers: a non-contiguous view (a crop, a ::-1 flip, a transpose) would be misread.
-    return np.ascontiguousarray(image), np.ascontiguousarray(probs)
+    # pydensecrf takes writable C-contiguous buffers: copy views (crops, ::-1 flips) and read-only arrays (np.asarray
+    # of a PIL image) instead of failing inside Cython.
+    return np.require(image, requirements=["C", "W"]), np.require(probs, requirements=["C", "W"])
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,17 @@ def test_non_contiguous_image_is_made_contiguous() -> None:
     )
 
 
+def test_read_only_arrays_are_accepted() -> None:
+    from PIL import Image
+
+    image, _ = two_colour_scene()
+    read_only = np.asarray(Image.fromarray(image))  # what np.asarray gives for a PIL image
+    assert not read_only.flags.writeable
+    probs = blurry_probs(edge=24)
+    probs.setflags(write=False)
+    np.testing.assert_array_equal(DenseCRF()(read_only, probs), DenseCRF()(image, blurry_probs(edge=24)))
+
+
 @pytest.mark.parametrize(
     ("image", "probs", "error", "match"),
     [
