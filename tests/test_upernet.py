@@ -153,3 +153,5 @@ def test_pyramid_pooling_bins():
     with torch.no_grad():
         shuffled = x.flatten(2)[..., torch.randperm(63)].reshape_as(x)
         torch.testing.assert_close(ppm.stages[0](x), ppm.stages[0](shuffled))
+    with pytest.raises(ValueError, match="batch of at least 2"):
+        ppm.train()(x[:1])

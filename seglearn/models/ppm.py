@@ -31,6 +31,11 @@ class PyramidPooling(nn.Module):
         self.bottleneck = ConvBNReLU(in_channels + len(self.bins) * channels, channels, kernel_size=3)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1 and 1 in self.bins:
+            raise ValueError(
+                "the pyramid pooling's 1x1 bin cannot be batch-normalized over a single image in training mode: "
+                "train with a batch of at least 2, or call model.eval() to predict one image"
+            )
         size = x.shape[-2:]
         pooled = [F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False) for stage in self.stages]
         return self.bottleneck(torch.cat([x, *pooled], dim=1))  # (N, in + len(bins) * channels, h, w) fused

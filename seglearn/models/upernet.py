@@ -54,10 +54,12 @@ class UPerHead(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward_features(self, feats: list[Tensor]) -> dict[str, Tensor]:
-        """FPN levels and the fused map: ``{"p2": ..., "p5": (N, channels, h_i, w_i), "fused": (N, channels, H/4,
-        W/4)}``; ``p{i+2}`` comes from stage i, ``p5`` is the PPM output (at output stride 8, p3..p5 share H/8)."""
+        """Every level and the fused map, for inspection: ``p2``..``p5`` (N, channels, h_i, w_i) after the FPN's 3x3
+        convs, one per stage (``p5`` is the PPM output; at output stride 8 p3..p5 all have H/8), and ``fused``
+        (N, channels, H/4, W/4), the classifier's input."""
         if len(feats) != len(self.in_channels):
             raise ValueError(f"UPerHead was built for {len(self.in_channels)} stages, got {len(feats)} features")
+        # the last stage feeds the PPM instead of a lateral, hence strict=False
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats, strict=False)]
         laterals.append(self.ppm(feats[-1]))
         for i in range(len(laterals) - 1, 0, -1):
@@ -86,10 +88,11 @@ def upernet(
 ) -> SegmentationModel:
     """UPerNet (arXiv:1807.10221) on ResNet-50 at output stride 32, as mmsegmentation's ``upernet_r50`` config.
 
-    ``output_stride=8`` (or 16) dilates layer3/4 instead (the FPN then adds levels of equal size). With
-    ``aux_loss`` an :class:`FCNHead` on layer3 gives ``"aux"`` (weight 0.4 in ``SegLoss``).
-    ``channels=512``, 150 classes and ``aux_loss=True`` give 66,496,876 parameters (mmseg's UPerNet-R50: ~66.5 M, its
-    ResNetV1c deep stem adding 19 k).
+    Any input size works: the top-down path resizes to each lateral's size. In training mode the PPM's 1x1 bin needs
+    a batch of at least 2 (BatchNorm). ``output_stride=8`` (or 16) dilates layer3/4 instead (the FPN then adds
+    levels of equal size). With ``aux_loss`` an :class:`FCNHead` on layer3 gives ``"aux"`` (weight 0.4 in
+    ``SegLoss``). ``channels=512``, 150 classes and ``aux_loss=True`` give 66,496,876 parameters (mmseg's
+    UPerNet-R50: ~66.5 M, its ResNetV1c deep stem adding 19,232).
     """
     if backbone not in RESNETS:
         raise ValueError(f"upernet needs a ResNet backbone ({', '.join(RESNETS)}), got {backbone!r}")
