@@ -127,7 +127,9 @@ class DeepLabV1(SegmentationModel):
     https://arxiv.org/abs/1412.7062. ``variant`` picks a row of its Table 2 (fc6 kernel / rate / fc6-fc7 width):
     ``"largefov"`` 3x3 / 12 / 1024 (20.5 M parameters), ``"4x4"`` 4x4 / 8 / 4096 (65.1 M), ``"deeplab"``
     4x4 / 4 / 4096 (65.1 M), ``"7x7"`` 7x7 / 4 / 4096 (134.3 M). The dense CRF of the paper is
-    :class:`seglearn.crf.DenseCRF`, applied to the softmax of ``"out"``.
+    :class:`seglearn.crf.DenseCRF`, applied to the softmax of ``"out"``. pool1-3 stay torchvision's 2x2 stride-2
+    pools (inputs padded to a multiple of 8 inside); ``caffe_pooling=True`` uses the released Caffe model's 3x3
+    stride-2 padding-1 ceil-mode pools instead (321x321 -> 41x41).
 
     Shapes: (N, 3, H, W) -> ``{"out": (N, num_classes, H, W)}`` (plus ``"aux"`` from conv4 when ``aux_loss``, an
     addition of seglearn's: the paper has no auxiliary head).
