@@ -26,6 +26,7 @@ __all__ = [
     "find_random_transforms",
     "seed_everything",
     "seed_worker_transforms",
+    "training_state",
 ]
 
 
@@ -47,6 +48,31 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def training_state(
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    loader: Any,
+    history: dict[str, Any],
+    num_classes: int | None = None,
+    model_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything needed to continue training after ``epoch`` (completed epochs) exactly, as plain data."""
+    return {
+        "epoch": epoch,
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": capture_rng_state(loader),
+        "history": history,
+        "num_classes": num_classes,
+        "model_config": dict(model_config or {}),
+    }
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -17,13 +17,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from .checkpoint import (
-    capture_rng_state,
     find_random_transforms,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
     seed_everything,
     seed_worker_transforms,
+    training_state,
 )
 from .distributed import ShardSampler, get_rank, unwrap_model
 from .history import History
@@ -211,8 +211,13 @@ def predict(model: nn.Module, images: Tensor, scales: Sequence[float] = (1.0,), 
     return (total / (len(scales) * (2 if flip else 1))).to(images.device)
 
 
-def _has_training_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is set on any rank (one tiny all-reduce), so that all ranks stop together."""
+    if not _distributed():
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def fit(
@@ -319,7 +324,7 @@ def fit(
         if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
         train_model.train()
-        bn_training = _has_training_batchnorm(net)
+        bn_training = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules())
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         seen, t_images = 0, time.perf_counter()
         bar = progress_bar(train_loader, enabled=show, desc=f"epoch {epoch + 1}/{epochs}", leave=False, total=steps)
@@ -339,11 +344,11 @@ def fit(
                 num_classes = int(logits_of(output).shape[1])
             if step % check_every == 0 or step == steps - 1:
                 value = float(batch_loss.detach())
-                if not math.isfinite(value):
+                if _any_rank(not math.isfinite(value), device):
                     raise FloatingPointError(
-                        f"loss is {value} at epoch {epoch + 1}, step {step + 1}: lower lr, set grad_clip, or check "
-                        "the masks (labels >= num_classes that are not ignore_index?); last.pt keeps the last good "
-                        "epoch"
+                        f"loss is {value} at epoch {epoch + 1}, step {step + 1} (on some rank): lower lr, set "
+                        "grad_clip, or check the masks (labels >= num_classes that are not ignore_index?); last.pt "
+                        "keeps the last good epoch"
                     )
                 bar.set_postfix(loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - t_images + 1e-9):.1f}")
             opt.zero_grad(set_to_none=True)
@@ -373,25 +378,13 @@ def fit(
         if val_loader is not None and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
             scores = evaluate(net, val_loader, num_classes, device, ignore_index, amp=amp, channels_last=channels_last)
             improved = history.record_val(epoch + 1, scores)
-        out_of_time = time_budget_s is not None and time.perf_counter() - t_start >= time_budget_s
-        if distributed:  # every rank must stop at the same epoch
-            flag = torch.tensor(float(out_of_time), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
+        out_of_time = _any_rank(time_budget_s is not None and time.perf_counter() - t_start >= time_budget_s, device)
         history.stopped_early = out_of_time and epoch + 1 < epochs
         history.epoch_time.append(time.perf_counter() - t_epoch)
         if ckpt_dir is not None and main:
-            state = {
-                "epoch": epoch + 1,
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": capture_rng_state(train_loader),
-                "history": history.to_dict(),
-                "num_classes": num_classes,
-                "model_config": model_config or {},
-            }
+            state = training_state(
+                epoch + 1, net, opt, sched, scaler, train_loader, history.to_dict(), num_classes, model_config
+            )
             if improved:
                 save_checkpoint(state, ckpt_dir / "best.pt")
             save_checkpoint(state, ckpt_dir / "last.pt")

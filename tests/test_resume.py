@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import runpy
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -28,9 +30,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-# The child trains tinyfcn on tiny random tensors. With SEGLEARN_KILL_AT=k it SIGKILLs itself when the train set
-# serves its k-th item (mid-epoch, nothing flushed); with "resume" it continues the killed run, then trains the same
-# job uninterrupted in the same process, and saves both results for the parent to compare.
+# The child trains tinyfcn on tiny random tensors and SIGKILLs itself when the train set serves its k-th item
+# (mid-epoch, nothing flushed). The test process then loads the same file as a module to resume that run and to
+# train the same job uninterrupted, with the same single thread.
 CHILD = textwrap.dedent(
     """
     import os, signal, sys
@@ -38,9 +40,6 @@ CHILD = textwrap.dedent(
     from torch.utils.data import DataLoader, Dataset
     from seglearn.engine import fit
     from seglearn.models import create_model
-
-    torch.set_num_threads(1)
-    KILL_AT = int(os.environ.get("SEGLEARN_KILL_AT", "0"))
 
     class Scenes(Dataset):
         def __init__(self, n, seed, kill_at=0):
@@ -65,16 +64,12 @@ CHILD = textwrap.dedent(
         val = DataLoader(Scenes(4, 1), batch_size=2)
         h = fit(model, train, val, epochs=3, lr=0.1, seed=5, device="cpu", checkpoint_dir=ckpt, resume=resume,
                 progress=False, model_config={"name": "tinyfcn", "num_classes": 3, "width": 8})
-        return {"state": model.state_dict(), "train_loss": h.train_loss, "miou": [s.miou for s in h.val],
-                "iou": [torch.from_numpy(s.iou) for s in h.val], "epochs": h.epochs}
+        return model.state_dict(), h
 
-    mode, ckpt, out = sys.argv[1], sys.argv[2], sys.argv[3]
-    if mode == "kill":
-        run(ckpt, resume=False, kill_at=KILL_AT)
+    if __name__ == "__main__":
+        torch.set_num_threads(1)  # as the test process, which resumes this run
+        run(sys.argv[1], resume=False, kill_at=int(sys.argv[2]))
         sys.exit("the run was meant to be killed")
-    resumed = run(ckpt, resume=True)
-    straight = run(ckpt + "-straight", resume=False)
-    torch.save({"resumed": resumed, "straight": straight}, out)
     """
 )
 
@@ -82,38 +77,26 @@ CHILD = textwrap.dedent(
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    ckpt, out = tmp_path / "ckpt", tmp_path / "result.pt"
+    ckpt = tmp_path / "ckpt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT)}
-
     # 8 train images per epoch: the 21st served item is the 5th of epoch 3 (two epochs are checkpointed).
     killed = subprocess.run(
-        [sys.executable, str(script), "kill", str(ckpt), str(out)],
-        env={**env, "SEGLEARN_KILL_AT": "21"},
-        capture_output=True,
-        text=True,
-        timeout=240,
+        [sys.executable, str(script), str(ckpt), "21"], env=env, capture_output=True, text=True, timeout=240
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert torch.load(ckpt / "last.pt", weights_only=True)["epoch"] == 2
     assert not [p for p in ckpt.iterdir() if p.suffix == ".tmp"]  # no half-written files left behind
 
-    done = subprocess.run(
-        [sys.executable, str(script), "resume", str(ckpt), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = torch.load(out, weights_only=True)
-    resumed, straight = result["resumed"], result["straight"]
-    assert resumed["epochs"] == straight["epochs"] == 3
-    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=0, abs=1e-6)
-    assert resumed["miou"] == pytest.approx(straight["miou"], rel=0, abs=1e-6)
-    for a, b in zip(resumed["iou"], straight["iou"], strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, equal_nan=True)
-    for key, value in straight["state"].items():
-        torch.testing.assert_close(resumed["state"][key], value, rtol=0, atol=1e-6, msg=key)
+    child = runpy.run_path(str(script), run_name="child")
+    state, resumed = child["run"](ckpt, resume=True)
+    straight_state, straight = child["run"](tmp_path / "straight", resume=False)
+    assert resumed.epochs == straight.epochs == 3 and resumed.val_epochs == [1, 2, 3]
+    assert resumed.train_loss == pytest.approx(straight.train_loss, rel=0, abs=1e-6)
+    for a, b in zip(resumed.val, straight.val, strict=True):
+        np.testing.assert_allclose(a.iou, b.iou, rtol=0, atol=1e-6)
+        assert a.miou == pytest.approx(b.miou, rel=0, abs=1e-6)
+    for key, value in straight_state.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6, msg=key)
 
 
 # ---------------------------------------------------------------- in process: augmentations and own generators
