@@ -159,3 +159,15 @@ def test_from_torchvision_rejects_other_backbones() -> None:
         mobile = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3)
     with pytest.raises(TypeError, match="ResNet"):
         from_torchvision_deeplabv3(mobile)
+
+
+def test_multi_scale_flip_inference_through_predict(model: DeepLabV3) -> None:
+    from seglearn.engine import predict
+
+    images = torch.randn(1, 3, 45, 61)
+    probs = predict(model, images, scales=(0.75, 1.0, 1.25), flip=True)
+    assert probs.shape == (1, 21, 45, 61)
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, 45, 61))
+    with torch.no_grad():
+        single = model(images)["out"].softmax(1)
+    torch.testing.assert_close(predict(model, images), single)
