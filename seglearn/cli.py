@@ -136,50 +136,50 @@ def train_job(args: argparse.Namespace, *, model_name: str, out: Path, quiet: bo
     from seglearn.plot import plot_history
 
     info = D.init_distributed(args.device)
+    crop = _crop(args.crop)
+    train_set, val_set = _datasets(args, crop, ["train", "val"])
+    model_kwargs: dict[str, Any] = {"aux_loss": args.aux_loss}
+    if args.backbone:
+        model_kwargs["backbone"] = args.backbone
+    config = {
+        "model": model_name,
+        "num_classes": train_set.num_classes,
+        "model_kwargs": model_kwargs,
+        "dataset": args.dataset,
+    }
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     try:
-        crop = _crop(args.crop)
-        train_set, val_set = _datasets(args, crop, ["train", "val"])
-        model_kwargs: dict[str, Any] = {"aux_loss": args.aux_loss}
-        if args.backbone:
-            model_kwargs["backbone"] = args.backbone
-        config = {"model": model_name, "num_classes": train_set.num_classes, "model_kwargs": model_kwargs,
-                  "dataset": args.dataset}  # fmt: skip
-        torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-        try:
-            model = create_model(model_name, train_set.num_classes, pretrained_backbone=args.pretrained_backbone,
-                                 **model_kwargs)  # fmt: skip
-            model = D.wrap_model(model, info, sync_bn=args.sync_bn)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        val_loader = _loader(val_set, args, train=False)
-        try:
-            history = fit(
-                model, _loader(train_set, args, train=True), val_loader, epochs=args.epochs, lr=args.lr,
-                optimizer=args.optimizer, device=info.device, seed=args.seed, checkpoint_dir=out / "checkpoints",
-                resume=args.resume, time_budget_s=args.time_budget, model_config=config,
-            )  # fmt: skip
-        except ValueError as err:  # e.g. --resume into a folder written by another model
-            raise UsageError(str(err)) from None
-        # Each rank scores its own shard (no repeats); evaluate sums the confusion matrices over ranks.
-        scores = evaluate(model, val_loader, train_set.num_classes, device=info.device)
-        classes, palette = list(train_set.classes), np.asarray(train_set.palette)
-        if info.is_main:
-            meta = {**config, "classes": classes, "palette": palette.tolist(), "crop": list(crop)}
-            save_model(out / MODEL_FILE, model, meta)
-            _write_json(out / "history.json", history_dict(history))
-            _write_json(out / "scores.json", {**scores.as_dict(), "classes": classes, "world_size": info.world_size})
-            fig = plot_history(history)
-            fig.savefig(out / "curves.png", dpi=100)
-            plt.close(fig)
-            if not quiet:
-                print(f"{model_name} on {args.dataset}: {history.epochs} epochs, val scores ({len(val_set)} images)")
-                print(scores.table(classes))
-                print(f"\nwrote {out / MODEL_FILE}, history.json, scores.json, curves.png")
-        D.teardown_distributed()
-    except BaseException:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        raise
+        model = create_model(
+            model_name, train_set.num_classes, pretrained_backbone=args.pretrained_backbone, **model_kwargs
+        )
+        model = D.wrap_model(model, info, sync_bn=args.sync_bn)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    val_loader = _loader(val_set, args, train=False)
+    try:
+        history = fit(
+            model, _loader(train_set, args, train=True), val_loader, epochs=args.epochs, lr=args.lr,
+            optimizer=args.optimizer, device=info.device, seed=args.seed, checkpoint_dir=out / "checkpoints",
+            resume=args.resume, time_budget_s=args.time_budget, model_config=config,
+        )  # fmt: skip
+    except ValueError as err:  # e.g. --resume into a folder written by another model
+        raise UsageError(str(err)) from None
+    # Each rank scores its own shard (no repeats); evaluate sums the confusion matrices over ranks.
+    scores = evaluate(model, val_loader, train_set.num_classes, device=info.device)
+    classes, palette = list(train_set.classes), np.asarray(train_set.palette)
+    if info.is_main:
+        meta = {**config, "classes": classes, "palette": palette.tolist(), "crop": list(crop)}
+        save_model(out / MODEL_FILE, model, meta)
+        _write_json(out / "history.json", history_dict(history))
+        _write_json(out / "scores.json", {**scores.as_dict(), "classes": classes, "world_size": info.world_size})
+        fig = plot_history(history)
+        fig.savefig(out / "curves.png", dpi=100)
+        plt.close(fig)
+        if not quiet:
+            print(f"{model_name} on {args.dataset}: {history.epochs} epochs, val scores ({len(val_set)} images)")
+            print(scores.table(classes))
+            print(f"\nwrote {out / MODEL_FILE}, history.json, scores.json, curves.png")
+    D.teardown_distributed()
     return {"scores": scores, "history": history, "classes": classes, "palette": palette}
 
 
@@ -372,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     except KeyboardInterrupt:
         parser.exit(130, "interrupted\n")
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # left by an error
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
