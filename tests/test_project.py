@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
-import tomllib
+import sys
 from pathlib import Path
 
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +24,9 @@ def _name(req: str) -> str:
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    ci_lines = [ln for ln in (REPO / ".ci/run").read_text().splitlines() if ln and not ln.startswith(("#", "set ", "cd "))]
+    ci_lines = [
+        ln for ln in (REPO / ".ci/run").read_text().splitlines() if ln and not ln.startswith(("#", "set ", "cd "))
+    ]
     assert len(ci_lines) == 1, ci_lines
     assert ci_lines[0] in _readme_commands(), "the README must show the exact command .ci/run runs"
     assert "pytest" in ci_lines[0]
@@ -61,3 +65,9 @@ def test_nothing_but_readme_and_gitignore_committed_under_data():
         return  # not a git checkout (an sdist): nothing to check
     tracked = {Path(p).name for p in out.stdout.split()}
     assert tracked <= {"README.md", ".gitignore"}, tracked
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    out = subprocess.run([ruff, "check", "--output-format", "concise", "."], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]
