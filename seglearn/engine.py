@@ -35,6 +35,7 @@ from .schedules import PolyLR
 __all__ = ["fit", "evaluate", "predict", "default_device", "build_optimizer"]
 
 OPTIMIZERS = ("sgd", "adamw")
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def default_device() -> torch.device:
@@ -82,9 +83,7 @@ def _check_batch(images: Tensor, masks: Tensor, in_channels: int | None) -> None
         )
     if in_channels is not None and images.shape[1] != in_channels:
         raise ValueError(f"expected images (N, {in_channels}, H, W) for this model, got {tuple(images.shape)}")
-    if not (
-        isinstance(masks, Tensor) and masks.ndim == 3 and not masks.is_floating_point() and masks.dtype != torch.bool
-    ):
+    if not (isinstance(masks, Tensor) and masks.ndim == 3 and masks.dtype in _INT_DTYPES):
         got = f"{tuple(masks.shape)} {masks.dtype}" if isinstance(masks, Tensor) else type(masks).__name__
         raise ValueError(f"expected masks as an integer tensor (N, H, W) of class indices, got {got}")
     if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
@@ -115,11 +114,14 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+_SHARDED = (DistributedSampler, ShardSampler)
+
+
 def _sharded(loader: DataLoader | None, train: bool, seed: int) -> DataLoader | None:
     """Under torch.distributed, the same loader over this rank's shard (a loader already sharded is kept)."""
-    if loader is None or not _distributed() or isinstance(loader.sampler, (DistributedSampler, ShardSampler)):
+    if not (_distributed() and isinstance(loader, DataLoader)) or isinstance(loader.sampler, _SHARDED):
         return loader
-    if not isinstance(loader, DataLoader) or loader.batch_size is None:
+    if loader.batch_size is None:
         raise ValueError(
             "under torch.distributed pass DataLoaders with a batch_size and a DistributedSampler "
             "(seglearn.distributed.train_sampler / eval_sampler); this one cannot be sharded automatically"
@@ -363,15 +365,14 @@ def fit(
             loss_sum += batch_loss.detach() * images.shape[0]
             seen += images.shape[0]
         bar.close()
+        if distributed:  # each rank updated BatchNorm statistics on its own batches: take rank 0's everywhere
+            for buffer in net.buffers():
+                dist.broadcast(buffer, src=0)
 
         totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)])
         if distributed:
             dist.all_reduce(totals)
         epoch_loss = float(totals[0] / totals[1])
-        if not math.isfinite(epoch_loss):
-            raise FloatingPointError(
-                f"mean loss of epoch {epoch + 1} is {epoch_loss}; last.pt keeps the last good epoch"
-            )
         history.train_loss.append(epoch_loss)
         history.lr.append(float(lr_used))
         improved = False

@@ -27,6 +27,14 @@ def progress_bar(iterable: Iterable, *, enabled: bool = True, **kwargs: Any) -> 
     return tqdm(iterable, disable=not enabled, **kwargs)
 
 
+def _show_replacing(fig: Any) -> None:
+    """Show ``fig`` as the cell's output, replacing the previous one when the next arrives (as d2l does)."""
+    from IPython import display
+
+    display.display(fig)
+    display.clear_output(wait=True)
+
+
 class _MatplotlibAnimator:
     """A minimal stand-in for d2l's ``Animator``: redraws the lines and replaces the cell's output on each ``add``."""
 
@@ -52,10 +60,7 @@ class _MatplotlibAnimator:
         self.ax.set_xlim(*self.xlim)
         self.ax.grid(True)
         self.ax.legend()
-        from IPython import display
-
-        display.display(self.fig)
-        display.clear_output(wait=True)
+        _show_replacing(self.fig)
 
 
 class LivePlot:

@@ -331,14 +331,28 @@ def test_live_plot_uses_d2l_animator_when_it_imports(monkeypatch):
     assert added == [(1, (0.9, None)), (2, (0.7, 0.4)), (3, (0.6, None))]
 
 
-def test_live_plot_fallback_draws_both_lines(monkeypatch):
-    monkeypatch.setitem(sys.modules, "d2l", None)
+def test_live_plot_fallback_draws_both_lines_and_replaces_the_cell_output(monkeypatch):
+    shown = []
+    monkeypatch.setattr("seglearn.progress._show_replacing", shown.append)
+    monkeypatch.setitem(sys.modules, "d2l", None)  # d2l missing
     plot = LivePlot(epochs=3)
     plot.update(1, 1.0, None)
     plot.update(2, 0.8, 0.5)
     lines = plot.figure.axes[0].get_lines()
     assert plot.backend == "matplotlib"
     assert [list(line.get_ydata()) for line in lines] == [[1.0, 0.8], [0.5]]
+    assert shown == [plot.figure, plot.figure]
+
+
+def test_in_notebook_needs_an_ipython_kernel(monkeypatch):
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: None
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert not in_notebook()  # IPython imported, no shell (a script)
+    fake.get_ipython = lambda: types.SimpleNamespace(kernel=None)
+    assert not in_notebook()  # a terminal IPython
+    fake.get_ipython = lambda: types.SimpleNamespace(kernel=object())
+    assert in_notebook()  # Jupyter / Colab
 
 
 # ---------------------------------------------------------------- torch.distributed (one gloo process)
