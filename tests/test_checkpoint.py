@@ -155,3 +155,27 @@ def test_history_round_trip_keeps_nan_and_arrays():
     assert math.isnan(back.val[0].iou[2]) and back.val[0].miou == h.val[0].miou
     assert back.best is back.val[0]
     assert History().best is None and math.isnan(History().best_miou)
+
+
+def test_worker_seeding_gives_each_worker_and_epoch_its_own_reproducible_augmentations():
+    import albumentations as A
+
+    from seglearn.checkpoint import seed_worker_transforms
+
+    class Draws(torch.utils.data.Dataset):
+        transforms = A.Compose([A.HorizontalFlip(p=0.5)])
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.tensor(self.transforms.transforms[0].random_generator.random())
+
+    def epochs(seed: int) -> list[list[float]]:
+        loader = DataLoader(Draws(), batch_size=2, num_workers=2, worker_init_fn=seed_worker_transforms,
+                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        return [torch.cat(list(loader)).tolist() for _ in range(2)]
+
+    first = epochs(0)
+    assert len({round(x, 12) for e in first for x in e}) == 8  # no worker or epoch repeats another's draws
+    assert epochs(0) == first and epochs(1) != first

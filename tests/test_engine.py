@@ -117,7 +117,7 @@ def test_seed_makes_a_cpu_run_reproducible(data):
 
 def test_bare_logits_model_adamw_and_grad_clip(data):
     model = BareLogits()
-    h = fit(model, *data, epochs=2, lr=1e-2, optimizer="adamw", grad_clip=0.5, device="cpu", progress=False)
+    h = fit(model, *data, epochs=2, lr=1e-2, optimizer="adamw", grad_clip=0.5, channels_last=True, progress=False)
     assert h.epochs == 2 and h.val[-1].iou.shape == (NUM_CLASSES,) and h.train_loss[1] < h.train_loss[0]
 
 
@@ -147,6 +147,13 @@ def test_val_every_and_time_budget(data):
     assert h.val_epochs == [2, 3]  # every 2nd epoch, and always the last
     h = fit(BareLogits(), *data, epochs=5, lr=0.05, time_budget_s=0.0, device="cpu", progress=False)
     assert h.epochs == 1 and h.stopped_early and h.val_epochs == [1]
+
+
+def test_warmup_iters_ramp_the_recorded_lr(data):
+    steps = len(data[0])
+    h = fit(BareLogits(), data[0], epochs=2, lr=0.1, warmup_iters=2 * steps, device="cpu", progress=False)
+    assert h.lr == pytest.approx([0.1 * poly_factor(e * steps - 1, 2 * steps, 0.9, 2 * steps) for e in (1, 2)])
+    assert h.lr[0] < 0.1 * poly_factor(steps - 1, 2 * steps)  # below the plain poly value while warming up
 
 
 def test_default_device_is_cpu_here():
