@@ -63,6 +63,16 @@ class _MatplotlibAnimator:
         _show_replacing(self.fig)
 
 
+def _inline_png() -> None:
+    """Undo d2l's ``use_svg_display()``: it would turn every later figure of the notebook into (large) SVG."""
+    try:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:
+        return
+    if in_notebook():
+        set_matplotlib_formats("png")
+
+
 class LivePlot:
     """A curve of training loss and validation mIoU per epoch that redraws in place in a Jupyter cell.
 
@@ -81,6 +91,7 @@ class LivePlot:
 
                 self.animator = d2l.Animator(xlabel="epoch", legend=legend, xlim=xlim)
                 self.backend = "d2l"
+                _inline_png()
             except ImportError:
                 if use_d2l:
                     raise
