@@ -39,6 +39,7 @@ class LoaderInfo:
     source: str  # "camvid" or "synthetic"
     train_size: int
     val_size: int
+    dataset: Any = None  # the whole training dataset behind the (possibly subset) loader: class_weights() etc.
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -167,6 +168,7 @@ class NotebookConfig:
             source=source,
             train_size=len(train_set),
             val_size=len(val_set),
+            dataset=train_ref,
         )
         return train_loader, val_loader, info
 

@@ -105,3 +105,16 @@ def test_bad_arguments() -> None:
         SyntheticScenes(2, size=(0, 10))
     with pytest.raises(ValueError, match="num_images"):
         SyntheticScenes(-1)
+
+
+def test_synthetic_scenes_give_median_frequency_class_weights():
+    ds = SyntheticScenes(6, size=(48, 64), seed=3)
+    masks = np.stack([ds.draw(i)[1] for i in range(len(ds))])
+    class_pixels = np.array([(masks == c).sum() for c in range(ds.num_classes)])
+    image_pixels = np.array([sum(m.size for m in masks if (m == c).any()) for c in range(ds.num_classes)])
+    freq = np.where(image_pixels > 0, class_pixels / np.maximum(image_pixels, 1), 0.0)
+    np.testing.assert_allclose(ds.class_frequencies(), freq)
+    present = freq > 0
+    expected = np.zeros_like(freq)
+    expected[present] = np.median(freq[present]) / freq[present]
+    np.testing.assert_allclose(ds.class_weights().numpy(), expected, rtol=1e-6)

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-__all__ = ["SegmentationDataset", "apply_transforms", "read_image", "read_mask", "IMAGE_EXTENSIONS"]
+__all__ = ["ClassStatistics", "SegmentationDataset", "apply_transforms", "read_image", "read_mask", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -82,7 +82,99 @@ def apply_transforms(transforms: Callable[..., Any] | None, image: np.ndarray, m
     return image, mask
 
 
-class SegmentationDataset(Dataset):
+class ClassStatistics:
+    """Per-class pixel statistics and median-frequency class weights, for any dataset with ``num_classes``,
+    ``__len__`` and ``load_mask(i) -> uint8 (H, W)``. Subclasses give a cache key and, optionally, a cache file."""
+
+    num_classes: int
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load_mask(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _stats_key(self) -> str:
+        raise NotImplementedError
+
+    def _stats_file(self) -> Path | None:
+        return None
+
+    def class_pixel_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per class: (pixels of c, total pixels of images where c is present), both int64 (num_classes,).
+
+        Computed once over all masks, then cached in memory and, for datasets on disk, in
+        ``.seglearn_class_stats.json`` next to the data (unless that folder is read-only), keyed by split and file list.
+        """
+        key = self._stats_key()
+        cache_file = self._stats_file()
+        mem_key = f"{cache_file}|{key}"
+        stats = _STATS_MEMORY.get(mem_key)
+        if stats is None and cache_file is not None and cache_file.is_file():
+            try:
+                stats = json.loads(cache_file.read_text()).get(key)
+            except (OSError, ValueError):
+                stats = None
+        if stats is None:
+            stats = self._count_pixels()
+            _STATS_MEMORY[mem_key] = stats
+            if cache_file is not None:
+                self._write_stats(cache_file, key, stats)
+        return np.asarray(stats["class_pixels"], np.int64), np.asarray(stats["image_pixels"], np.int64)
+
+    def _count_pixels(self) -> dict[str, list[int]]:
+        c = self.num_classes
+        class_pixels, image_pixels = np.zeros(c, np.int64), np.zeros(c, np.int64)
+        indices = range(len(self))
+        if len(self) >= 200:  # about a second or more of PNG decoding
+            indices = tqdm(indices, desc="class pixel counts", leave=False)
+        for i in indices:
+            mask = self.load_mask(i)
+            counts = np.bincount(mask.ravel(), minlength=256)[:c]
+            class_pixels += counts
+            image_pixels[counts > 0] += mask.size
+        return {"class_pixels": class_pixels.tolist(), "image_pixels": image_pixels.tolist()}
+
+    @staticmethod
+    def _write_stats(cache_file: Path, key: str, stats: dict[str, list[int]]) -> None:
+        if not _writable(cache_file.parent):
+            return
+        try:
+            data = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+        except (OSError, ValueError):
+            data = {}
+        data[key] = stats
+        tmp = cache_file.with_name(cache_file.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=1))
+            tmp.replace(cache_file)
+        except OSError:  # read-only data folder: the in-memory cache still holds the numbers
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def class_frequencies(self) -> np.ndarray:
+        """freq(c) = pixels of c / total pixels of the images where c is present, float64 (num_classes,)."""
+        class_pixels, image_pixels = self.class_pixel_stats()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(image_pixels > 0, class_pixels / np.maximum(image_pixels, 1), 0.0)
+
+    def class_weights(self) -> torch.Tensor:
+        """Median frequency balancing (SegNet, arXiv:1511.00561): median(freq) / freq(c), float32 (num_classes,).
+
+        Classes that never occur get weight 0 (they cannot contribute to the loss anyway).
+        """
+        freq = self.class_frequencies()
+        present = freq > 0
+        if not present.any():
+            raise ValueError(f"{type(self).__name__}: no labelled pixels in any mask, cannot compute class weights")
+        weights = np.zeros_like(freq)
+        weights[present] = np.median(freq[present]) / freq[present]
+        return torch.tensor(weights, dtype=torch.float32)
+
+
+class SegmentationDataset(ClassStatistics, Dataset):
     """Pairs of (image file, mask file) with class names, a palette and a label map.
 
     Subclasses fill ``samples`` and set ``classes``/``palette``; ``void_values`` are raw mask values that mean "not
@@ -154,84 +246,12 @@ class SegmentationDataset(Dataset):
         image, mask = self.load_pair(index)
         return apply_transforms(self.transforms, image, mask)
 
-    # ----- class statistics (median-frequency balancing) -----
-
     def _stats_key(self) -> str:
         names = "\n".join(str(m.relative_to(self.root) if self.root else m) for _, m in self.samples)
         return f"{getattr(self, 'split', '')}:{hashlib.sha1(names.encode()).hexdigest()[:16]}"
 
-    def class_pixel_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per class: (pixels of c, total pixels of images where c is present), both int64 (num_classes,).
-
-        Computed once over all masks, then cached in ``.seglearn_class_stats.json`` next to the data (in memory when
-        that folder is read-only), keyed by split and file list.
-        """
-        key = self._stats_key()
-        cache_file = self.root / _STATS_FILE if self.root is not None else None
-        mem_key = f"{cache_file}|{key}"
-        stats = _STATS_MEMORY.get(mem_key)
-        if stats is None and cache_file is not None and cache_file.is_file():
-            try:
-                stats = json.loads(cache_file.read_text()).get(key)
-            except (OSError, ValueError):
-                stats = None
-        if stats is None:
-            stats = self._count_pixels()
-            _STATS_MEMORY[mem_key] = stats
-            if cache_file is not None:
-                self._write_stats(cache_file, key, stats)
-        return np.asarray(stats["class_pixels"], np.int64), np.asarray(stats["image_pixels"], np.int64)
-
-    def _count_pixels(self) -> dict[str, list[int]]:
-        c = self.num_classes
-        class_pixels, image_pixels = np.zeros(c, np.int64), np.zeros(c, np.int64)
-        indices = range(len(self))
-        if len(self) >= 200:  # about a second or more of PNG decoding
-            indices = tqdm(indices, desc="class pixel counts", leave=False)
-        for i in indices:
-            mask = self.load_mask(i)
-            counts = np.bincount(mask.ravel(), minlength=256)[:c]
-            class_pixels += counts
-            image_pixels[counts > 0] += mask.size
-        return {"class_pixels": class_pixels.tolist(), "image_pixels": image_pixels.tolist()}
-
-    @staticmethod
-    def _write_stats(cache_file: Path, key: str, stats: dict[str, list[int]]) -> None:
-        if not _writable(cache_file.parent):
-            return
-        try:
-            data = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-        except (OSError, ValueError):
-            data = {}
-        data[key] = stats
-        tmp = cache_file.with_name(cache_file.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(data, indent=1))
-            tmp.replace(cache_file)
-        except OSError:  # read-only data folder: the in-memory cache still holds the numbers
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-
-    def class_frequencies(self) -> np.ndarray:
-        """freq(c) = pixels of c / total pixels of the images where c is present, float64 (num_classes,)."""
-        class_pixels, image_pixels = self.class_pixel_stats()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(image_pixels > 0, class_pixels / np.maximum(image_pixels, 1), 0.0)
-
-    def class_weights(self) -> torch.Tensor:
-        """Median frequency balancing (SegNet, arXiv:1511.00561): median(freq) / freq(c), float32 (num_classes,).
-
-        Classes that never occur get weight 0 (they cannot contribute to the loss anyway).
-        """
-        freq = self.class_frequencies()
-        present = freq > 0
-        if not present.any():
-            raise ValueError(f"{type(self).__name__}: no labelled pixels in any mask, cannot compute class weights")
-        weights = np.zeros_like(freq)
-        weights[present] = np.median(freq[present]) / freq[present]
-        return torch.tensor(weights, dtype=torch.float32)
+    def _stats_file(self) -> Path | None:
+        return self.root / _STATS_FILE if self.root is not None else None
 
 
 def _writable(folder: Path) -> bool:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from .base import apply_transforms
+from .base import ClassStatistics, apply_transforms
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE
 
 __all__ = ["SyntheticScenes"]
@@ -212,7 +212,7 @@ def _draw_scene(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, n
     return np.clip(image, 0, 255).astype(np.uint8), c.label
 
 
-class SyntheticScenes(Dataset):
+class SyntheticScenes(ClassStatistics, Dataset):
     """Procedurally drawn street scenes with CamVid's 11 classes and palette (the default when no data is present).
 
     Sky, buildings with windows, a perspective road with markings, pavement, trees, fences, poles with signs, cars,
@@ -256,6 +256,13 @@ class SyntheticScenes(Dataset):
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} out of range for {self.num_images} synthetic images")
         return _draw_scene(*self.size, np.random.default_rng([self.seed, index]))
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """Mask ``uint8`` (H, W) of item ``index`` (used by the class statistics)."""
+        return self.draw(index)[1]
+
+    def _stats_key(self) -> str:
+        return f"synthetic:{self.seed}:{self.size[0]}x{self.size[1]}:{self.num_images}"
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         if index < 0:
