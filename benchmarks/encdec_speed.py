@@ -103,7 +103,9 @@ def step(model: nn.Module, x: Tensor) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def time_pair(ours: nn.Module, ref: nn.Module, x: Tensor, repeats: int, warmup: int) -> tuple[float, float]:
+def time_pair(
+    ours: nn.Module, ref: nn.Module, x: Tensor, repeats: int, warmup: int, clock=time.perf_counter
+) -> tuple[float, float]:
     """Median seconds per forward+backward of each model, interleaved A B B A ... on the same input."""
     for _ in range(warmup):
         step(ours, x)
@@ -113,10 +115,10 @@ def time_pair(ours: nn.Module, ref: nn.Module, x: Tensor, repeats: int, warmup: 
     for r in range(repeats):
         for i in (0, 1) if r % 2 == 0 else (1, 0):
             _sync(x.device)
-            t0 = time.perf_counter()
+            t0 = clock()
             step(models[i], x)
             _sync(x.device)
-            times[i].append(time.perf_counter() - t0)
+            times[i].append(clock() - t0)
     return statistics.median(times[0]), statistics.median(times[1])
 
 
@@ -128,13 +130,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "process"),
+        default="wall",
+        help="process: CPU time of this process (steadier than wall time on a CPU shared with other jobs)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, *args.size, device=device)
     c = args.num_classes
     print(f"device={device} input={tuple(x.shape)} threads={torch.get_num_threads()} torch={torch.__version__}")
-    print(f"forward+backward, train mode, median of {args.repeats} interleaved repeats")
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    print(f"forward+backward, train mode, median of {args.repeats} interleaved repeats, {args.clock} clock")
 
     rows = []
     tv = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=c, aux_loss=True)
@@ -153,7 +162,7 @@ def main() -> None:
 
     print(f"{'model':30s} {'reference':26s} {'seglearn s':>11s} {'ref s':>9s} {'ratio':>7s}")
     for name, ref_name, a, b in rows:
-        ta, tb = time_pair(a, b, x, args.repeats, args.warmup)
+        ta, tb = time_pair(a, b, x, args.repeats, args.warmup, clock)
         print(f"{name:30s} {ref_name:26s} {ta:11.4f} {tb:9.4f} {ta / tb:7.3f}")
 
 
