@@ -192,3 +192,14 @@ def test_build_backbone_dispatch_and_errors():
         ResNetBackbone("resnet18", output_stride=4)
     with pytest.raises(ValueError, match="unknown VGG"):
         VGGBackbone("vgg19")
+
+
+def test_switching_output_stride_keeps_multi_grid_unless_told_otherwise():
+    from seglearn.models.backbones import ResNetBackbone
+
+    net = ResNetBackbone("resnet18", output_stride=16, multi_grid=(1, 2, 4))
+    net.set_output_stride(8)
+    assert net.multi_grid == (1, 2, 4)
+    assert [b.conv1.dilation[0] for b in net.layer4] == [4, 8]  # base 4 at OS8 times unit rates 1, 2
+    net.set_output_stride(8, multi_grid=None)
+    assert net.multi_grid is None

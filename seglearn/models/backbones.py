@@ -76,8 +76,15 @@ class ResNetBackbone(nn.Module):
         os = self.output_stride
         return [4, 8, min(16, os), os]
 
-    def set_output_stride(self, output_stride: int, multi_grid: Sequence[int] | None = None) -> None:
-        """Switch to output stride 32, 16 or 8 in place (same weights): strides become dilations in layer3/4."""
+    def set_output_stride(self, output_stride: int, multi_grid: Sequence[int] | None | str = "keep") -> None:
+        """Switch to output stride 32, 16 or 8 in place (same weights): strides become dilations in layer3/4.
+
+        ``multi_grid="keep"`` keeps the current unit rates; ``None`` means torchvision's layout.
+        """
+        if isinstance(multi_grid, str):
+            if multi_grid != "keep":
+                raise ValueError(f"multi_grid must be a sequence of unit rates, None or 'keep', got {multi_grid!r}")
+            multi_grid = self.multi_grid
         if output_stride not in _DILATE:
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         dilation = 1
