@@ -23,6 +23,18 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module, whatever OMP_NUM_THREADS says: tiny tensors gain nothing from more, and the
+    resume test compares with a one-thread child process bit for bit."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_camvid() -> Path:
     """Real CamVid (SegNet 11-class) from ../shared/data/camvid; skips when it is not there."""

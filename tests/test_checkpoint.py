@@ -23,14 +23,7 @@ from seglearn.history import History
 from seglearn.metrics import ConfusionMatrix
 from seglearn.models import create_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: a single thread avoids OpenMP contention on a shared CPU (and is faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # from conftest
 
 
 def test_save_is_atomic_and_leaves_no_temp_file(tmp_path, monkeypatch):

@@ -10,14 +10,7 @@ from seglearn.models import count_parameters, create_model
 from seglearn.models.backbones import VGGBackbone
 from seglearn.models.deeplabv1 import VARIANTS, DeepLabV1, decimate_fc6, decimate_fc7
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is as fast, and far faster when the CPU cores are shared (no spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # from conftest
 
 
 @pytest.fixture(scope="module")

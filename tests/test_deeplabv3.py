@@ -10,14 +10,7 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 from seglearn.models import count_parameters, create_model, from_torchvision
 from seglearn.models.deeplabv3 import DeepLabV3, from_torchvision_deeplabv3
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is as fast, and far faster when the CPU cores are shared (no spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # from conftest
 
 
 def randomize_batchnorm(model: nn.Module) -> None:

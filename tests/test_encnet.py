@@ -105,15 +105,6 @@ def test_modulation_is_residual_relu():
     assert se.shape == (2, 3)
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny tensors: the OpenMP pool only adds synchronisation (15x slower on a busy 2-core box).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_se_branch_learns_class_presence(one_thread):
     # Class c is present when channel c of the features holds a bright blob; the SE logits, fed only by the
     # orderless encoding, must learn which classes an image contains.

@@ -22,13 +22,7 @@ NUM_CLASSES = 3
 COLORS = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: a single thread avoids OpenMP contention on a shared CPU (and is faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # from conftest
 
 
 def toy_scenes(n: int, size: tuple[int, int] = (32, 48), seed: int = 0) -> TensorDataset:

@@ -11,14 +11,7 @@ from seglearn.models.backbones import VGGBackbone
 from seglearn.models.deeplabv1 import make_atrous_vgg
 from seglearn.receptive_field import effective_receptive_field, erf_radius
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is as fast, and far faster when the CPU cores are shared (no spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # from conftest
 
 
 SIZE = 21

@@ -21,13 +21,7 @@ from seglearn.models import create_model
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: a single thread avoids OpenMP contention on a shared CPU (and is faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # from conftest
 
 
 # The child trains tinyfcn on tiny random tensors and SIGKILLs itself when the train set serves its k-th item

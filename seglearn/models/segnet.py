@@ -18,6 +18,19 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, rel
     return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
 
 
+def encode_decode(encoder: nn.ModuleList, decoder: nn.ModuleList, x: Tensor) -> Tensor:
+    """Run encoder stages, each followed by a 2x2 max-pool that keeps its argmax indices, then decoder stages, each
+    preceded by a max-unpool with the mirrored encoder's indices: values return to where their maxima came from.
+    (N, C, H, W) with H, W multiples of 2**len(encoder) -> (N, C', H, W)."""
+    indices = []
+    for stage in encoder:
+        x, idx = F.max_pool2d(stage(x), 2, 2, return_indices=True)
+        indices.append(idx)
+    for stage, idx in zip(decoder, reversed(indices), strict=True):
+        x = stage(F.max_unpool2d(x, idx, 2, 2))
+    return x
+
+
 class SegNet(nn.Module):
     """SegNet with the 13 convolutions of VGG16-BN as encoder and their mirror image as decoder.
 
@@ -55,12 +68,7 @@ class SegNet(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, 32)
-        indices = []
-        for stage in self.encoder:
-            x, idx = F.max_pool2d(stage(x), 2, 2, return_indices=True)
-            indices.append(idx)
-        for stage, idx in zip(self.decoder, reversed(indices), strict=True):
-            x = stage(F.max_unpool2d(x, idx, 2, 2))
+        x = encode_decode(self.encoder, self.decoder, x)
         return {"out": x[..., :h, :w]}
 
 
@@ -86,12 +94,7 @@ class SegNetBasic(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h, w = x.shape[-2:]
         x = self.norm(pad_to_multiple(x, 16))
-        indices = []
-        for stage in self.encoder:
-            x, idx = F.max_pool2d(stage(x), 2, 2, return_indices=True)
-            indices.append(idx)
-        for stage, idx in zip(self.decoder, reversed(indices), strict=True):
-            x = stage(F.max_unpool2d(x, idx, 2, 2))
+        x = encode_decode(self.encoder, self.decoder, x)
         return {"out": self.classifier(x)[..., :h, :w]}
 
 
