@@ -1,0 +1,149 @@
+"""Smoke tests of benchmarks/train_throughput.py and benchmarks/data_throughput.py in tiny CPU configurations."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from seglearn.losses import SegLoss
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SEGLEARN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train_bench():
+    return _load("train_throughput")
+
+
+@pytest.fixture(scope="module")
+def data_bench():
+    return _load("data_throughput")
+
+
+@pytest.fixture(scope="module")
+def train_run(train_bench):
+    lines: list[str] = []
+    # One model keeps this fast; deeplabv3 runs through the same code (see test_both_torchvision_references).
+    argv = ["--models", "fcn", "--size", "32", "32", "--batch", "2", "--steps", "1", "--warmup", "0", "--rounds", "1"]
+    argv += ["--device", "cpu", "--check-accuracy", "1"]
+    result = train_bench.main(argv, out=lines.append)
+    return result, "\n".join(lines)
+
+
+def test_train_throughput_speed_records(train_run):
+    result, text = train_run
+    speed = result["speed"]
+    assert [(r["model"], r["recipe"]) for r in speed] == [
+        ("fcn", r) for r in ("torchvision", "seglearn fp32", "seglearn fast")
+    ]
+    for r in speed:
+        assert {"images_per_s", "ratio", "mem_mib", "mem_kind", "size", "batch", "device"} <= set(r)
+        assert math.isfinite(r["images_per_s"]) and r["images_per_s"] > 0
+        assert r["size"] == (32, 32) and r["batch"] == 2 and r["device"] == "cpu"
+        assert r["mem_kind"] == "autograd saved tensors" and r["mem_mib"] > 0
+        assert f"| {r['model']} | {r['recipe']} | {r['images_per_s']:.2f} |" in text
+    by = {(r["model"], r["recipe"]): r for r in speed}
+    for model in ("fcn",):
+        assert by[model, "torchvision"]["ratio"] == pytest.approx(1.0)
+        # The seglearn twin is the same network: autograd keeps the same activations (within allocator rounding).
+        ref_mem = by[model, "torchvision"]["mem_mib"]
+        assert by[model, "seglearn fp32"]["mem_mib"] == pytest.approx(ref_mem, rel=0.02)
+    assert "ratio to torchvision" in text and "fit autocasts only on CUDA" in text
+
+
+def test_train_throughput_accuracy_check(train_run):
+    accuracy = train_run[0]["accuracy"]
+    assert [(r["model"], r["recipe"]) for r in accuracy] == [("fcn", r) for r in ("torchvision", "seglearn fast")]
+    for r in accuracy:
+        assert r["steps"] == 1 and math.isfinite(r["train_loss"])
+        assert 0.0 <= r["val_miou"] <= 1.0 and 0.0 <= r["val_pixel_acc"] <= 1.0
+    # One step: the loss is that of the shared initial weights on the shared batch (dropout masks may differ).
+    for ref, ours in zip(accuracy[::2], accuracy[1::2], strict=True):
+        assert ours["train_loss"] == pytest.approx(ref["train_loss"], rel=0.03)
+    assert "val mIoU" in train_run[1]
+
+
+def test_reference_criterion_is_torchvision_recipe(train_bench):
+    # torchvision references/segmentation/train.py: CE(out, ignore 255) + 0.5 * CE(aux); SegLoss(aux_weight=0.5) agrees.
+    g = torch.Generator().manual_seed(0)
+    out = {"out": torch.randn(2, 5, 6, 7, generator=g), "aux": torch.randn(2, 5, 6, 7, generator=g)}
+    target = torch.randint(0, 5, (2, 6, 7), generator=g)
+    target[0, :2] = 255
+    expected = torch.nn.functional.cross_entropy(out["out"], target, ignore_index=255)
+    expected = expected + 0.5 * torch.nn.functional.cross_entropy(out["aux"], target, ignore_index=255)
+    assert train_bench.AUX_WEIGHT == 0.5
+    torch.testing.assert_close(train_bench.reference_criterion(out, target), expected)
+    torch.testing.assert_close(SegLoss(aux_weight=train_bench.AUX_WEIGHT)(out, target), expected)
+
+
+def test_param_groups_match_between_torchvision_and_seglearn(train_bench):
+    import torchvision
+
+    from seglearn.models import from_torchvision
+
+    tv = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=3, aux_loss=True)
+    counts = []
+    for model in (tv, from_torchvision(tv)):
+        opt = train_bench.sgd(model, lr=0.02)
+        assert [g["lr"] for g in opt.param_groups] == [0.02, 0.02, pytest.approx(0.2)]
+        assert all(g["momentum"] == 0.9 and g["weight_decay"] == 1e-4 for g in opt.param_groups)
+        grouped = [p for g in opt.param_groups for p in g["params"]]
+        assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
+        counts.append([len(g["params"]) for g in opt.param_groups])
+    assert counts[0] == counts[1]  # the same tensors land in the same groups
+
+
+def test_both_torchvision_references(train_bench):
+    import torchvision.models.segmentation as tvseg
+
+    assert train_bench.TV_BUILDERS == {"fcn": tvseg.fcn_resnet50, "deeplabv3": tvseg.deeplabv3_resnet50}
+    assert train_bench.parse_args([]).models == ["fcn", "deeplabv3"]
+    assert (train_bench.parse_args([]).size, train_bench.parse_args([]).batch) == ((360, 480), 8)
+
+
+def test_train_throughput_rejects_batch_of_one(train_bench, capsys):
+    with pytest.raises(SystemExit):
+        train_bench.parse_args(["--batch", "1"])
+    assert "--batch must be >= 2" in capsys.readouterr().err
+
+
+def _check_data_records(records, text, crop=(32, 32)):
+    assert [r["workers"] for r in records] == [0, 1]
+    for r in records:
+        assert r["images"] == 2 and r["shape"] == (2, 3, *crop) and r["crop"] == crop
+        assert math.isfinite(r["images_per_s"]) and r["images_per_s"] > 0
+        assert f"| {r['workers']} | {r['images_per_s']:.1f} |" in text
+
+
+DATA_ARGV = ["--max-workers", "1", "--batches", "1", "--warmup", "0", "--batch", "2", "--crop", "32", "32"]
+
+
+def test_data_throughput_falls_back_to_synthetic(data_bench, monkeypatch):
+    monkeypatch.setattr(data_bench, "locate_dataset", lambda name: None)
+    lines: list[str] = []
+    records = data_bench.main(DATA_ARGV, out=lines.append)
+    text = "\n".join(lines)
+    _check_data_records(records, text)
+    assert all("no CamVid" in r["source"] for r in records) and "SyntheticScenes" in text
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "camvid" / "train").is_dir(), reason="shared CamVid not present")
+def test_data_throughput_reads_real_camvid(data_bench):
+    lines: list[str] = []
+    records = data_bench.main([*DATA_ARGV, "--root", str(SHARED_DATA / "camvid")], out=lines.append)
+    text = "\n".join(lines)
+    _check_data_records(records, text)
+    assert all(r["source"].startswith("CamVid train") for r in records) and "367 images" in text
