@@ -7,7 +7,9 @@ batched by a ``torch.utils.data.DataLoader`` (shuffled, pinned on CUDA hosts). R
 ``--root``; without it, SyntheticScenes images (drawn on the fly, a different cost) stand in and the output says so.
 
 For each worker count the first ``--warmup`` batches (worker start-up, first reads) are not timed, then
-``--batches`` batches are. Compare images/s with the training throughput of ``benchmarks/train_throughput.py``:
+``--batches`` batches are (workers prefetch ``2 x workers`` batches during the warm-up, so keep ``--batches`` well
+above that). With 0 workers the main process's torch threads run the transforms' tensor ops; ``--threads 1``
+shows what they cost there on a busy CPU. Compare images/s with the training throughput of ``benchmarks/train_throughput.py``:
 the smallest worker count whose images/s exceeds the GPU's keeps it fed.
 
     python benchmarks/data_throughput.py                        # workers 0, 1, 2
@@ -87,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-workers", type=int, default=2, help="measure 0, 1, ..., this many workers")
     p.add_argument("--crop", type=int, nargs=2, default=(360, 480), metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--batches", type=int, default=10, help="timed batches per worker count")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first (worker start-up)")
     p.add_argument("--root", default=None, help="CamVid folder (default: seglearn.data.locate_dataset)")
     p.add_argument("--synthetic", action="store_true", help="use SyntheticScenes even when CamVid is present")
