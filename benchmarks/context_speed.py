@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from seglearn.losses import SegLoss
+from seglearn.memory import peak_new_bytes
 from seglearn.models import count_parameters, create_model
 from seglearn.models.encoding import Encoding
 
@@ -65,24 +66,6 @@ def build_models(num_classes: int, aux_loss: bool) -> dict[str, Callable[[], nn.
         "resnet50", encoder_weights=None, decoder_channels=512, classes=num_classes
     )
     return builders
-
-
-def peak_new_bytes(fn: Callable[[], object]) -> int:
-    """Peak bytes of tensors created while ``fn`` runs, from torch.profiler's memory timeline (works on CPU).
-
-    Replays the profiler's CREATE/DESTROY events (``profile_memory=True``; the private ``_memory_profile`` behind
-    ``export_memory_timeline``) as a running sum; tensors that existed before the call do not count.
-    """
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        fn()
-    live = peak = 0
-    for _, action, _, size in prof._memory_profile().timeline:
-        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
-        peak = max(peak, live)
-    return peak
 
 
 def encoding_memory(size: int = 64, channels: int = 512, num_codes: int = 32) -> None:

@@ -9,8 +9,8 @@ batched by a ``torch.utils.data.DataLoader`` (shuffled, pinned on CUDA hosts). R
 For each worker count the first ``--warmup`` batches (worker start-up, first reads) are not timed, then
 ``--batches`` batches are (workers prefetch ``2 x workers`` batches during the warm-up, so keep ``--batches`` well
 above that). With 0 workers the main process's torch threads run the transforms' tensor ops; ``--threads 1``
-shows what they cost there on a busy CPU. Compare images/s with the training throughput of ``benchmarks/train_throughput.py``:
-the smallest worker count whose images/s exceeds the GPU's keeps it fed.
+shows what they cost there on a busy CPU. Compare images/s with the training throughput of
+``benchmarks/train_throughput.py``: the smallest worker count whose images/s exceeds the GPU's keeps it fed.
 
     python benchmarks/data_throughput.py                        # workers 0, 1, 2
     python benchmarks/data_throughput.py --max-workers 8 --batches 40

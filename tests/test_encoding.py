@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
+from seglearn.memory import peak_new_bytes
 from seglearn.models.encoding import Encoding
 
 
@@ -93,19 +93,6 @@ def test_bad_input_says_what_is_expected():
         Encoding(0, 4)
 
 
-def _peak_new_bytes(fn) -> int:
-    """Peak bytes of tensors created while ``fn`` runs, from the profiler's memory timeline (CPU)."""
-    from torch.profiler._memory_profiler import Action
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        fn()
-    live = peak = 0
-    for _, action, _, size in prof._memory_profile().timeline:
-        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
-        peak = max(peak, live)
-    return peak
-
-
 def test_forward_never_builds_the_residual_tensor():
     torch.manual_seed(0)
     n, d, h, w, k = 1, 64, 32, 32, 16
@@ -113,7 +100,7 @@ def test_forward_never_builds_the_residual_tensor():
     x = torch.randn(n, d, h, w)
     residual_bytes = n * h * w * k * d * 4  # the (N, HW, K, D) float32 tensor of the naive form: 4 MiB
     with torch.no_grad():
-        fast = _peak_new_bytes(lambda: layer(x))
-        naive = _peak_new_bytes(lambda: naive_encoding(x, layer.codewords, layer.scale))
+        fast = peak_new_bytes(lambda: layer(x))
+        naive = peak_new_bytes(lambda: naive_encoding(x, layer.codewords, layer.scale))
     assert naive >= residual_bytes  # the measurement sees the naive form's residuals
     assert fast < residual_bytes / 8, f"Encoding forward peaked at {fast} B"
