@@ -2,7 +2,9 @@
 
 The run mode is one variable, ``SEGLEARN_MODE``: ``QUICK`` (CI, a CPU: small data, a minute per chapter) or ``FULL``
 (a GPU: real CamVid at 360x480, trained to the numbers the chapter states). Without the variable a CPU runs QUICK
-and a GPU runs FULL. :class:`NotebookConfig` carries the helpers that keep chapters short and free of training loops.
+and a GPU runs FULL. ``SEGLEARN_PRETRAINED`` (0 or 1) says whether backbones start from ImageNet weights; by default
+FULL does and QUICK does not (set 0 on a machine that cannot download them). :class:`NotebookConfig` carries the
+helpers that keep chapters short and free of training loops.
 """
 
 from __future__ import annotations
@@ -56,6 +58,18 @@ def run_mode(device: torch.device) -> str:
     return mode
 
 
+def use_pretrained(mode: str) -> bool:
+    """``SEGLEARN_PRETRAINED`` (1/0, true/false, yes/no) or, when unset, True in FULL mode and False in QUICK."""
+    raw = os.environ.get("SEGLEARN_PRETRAINED", "").strip().lower()
+    if not raw:
+        return mode == "FULL"
+    if raw in ("1", "true", "yes"):
+        return True
+    if raw in ("0", "false", "no"):
+        return False
+    raise ValueError(f"SEGLEARN_PRETRAINED={raw!r} is not a switch; set it to 1 (ImageNet weights) or 0 (from scratch)")
+
+
 def _matplotlib_defaults() -> None:
     import matplotlib as mpl
 
@@ -81,6 +95,7 @@ class NotebookConfig:
     data_root: Path
     camvid_root: Path | None
     versions: dict[str, str] = field(default_factory=dict)
+    pretrained: bool = False  # pass as pretrained_backbone=: ImageNet weights for the backbones that have them
 
     @property
     def quick(self) -> bool:
@@ -102,6 +117,8 @@ class NotebookConfig:
                 f"({'small data, about a minute' if self.quick else 'real data, paper-style training'}; "
                 "set SEGLEARN_MODE=QUICK|FULL to change)",
                 f"data root: {data}",
+                f"backbones: {'ImageNet weights' if self.pretrained else 'from scratch'} "
+                "(set SEGLEARN_PRETRAINED=1|0 to change)",
             ]
         )
 
@@ -189,6 +206,7 @@ def setup_notebook(seed: int = 0, device: str | torch.device | None = None, quie
         seed=seed,
         data_root=Path(data_root()),
         camvid_root=locate_dataset("camvid"),
+        pretrained=use_pretrained(mode),
         versions={
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -203,3 +203,21 @@ def test_switching_output_stride_keeps_multi_grid_unless_told_otherwise():
     assert [b.conv1.dilation[0] for b in net.layer4] == [4, 8]  # base 4 at OS8 times unit rates 1, 2
     net.set_output_stride(8, multi_grid=None)
     assert net.multi_grid is None
+
+
+def test_pretrained_without_network_says_how_to_go_on(tmp_path, monkeypatch):
+    # An empty cache and no network (a GPU box with no internet): torch.hub's real download path fails.
+    from urllib.error import URLError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url, dst, *args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with torch.device("meta"), pytest.raises(RuntimeError) as info:
+        VGGBackbone("vgg16", pretrained=True)
+    message = str(info.value)
+    expected = tmp_path / "hub" / "checkpoints" / torchvision.models.VGG16_Weights.IMAGENET1K_V1.url.split("/")[-1]
+    assert str(expected) in message and "SEGLEARN_PRETRAINED=0" in message and "pretrained_backbone=False" in message
+    assert not expected.exists()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import seglearn
-from seglearn.notebook import QUICK_SIZE, NotebookConfig, run_mode, setup_notebook
+from seglearn.notebook import QUICK_SIZE, NotebookConfig, run_mode, setup_notebook, use_pretrained
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SEGLEARN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -82,8 +82,33 @@ def test_setup_prints_one_block_and_seeds_everything(monkeypatch, no_camvid, cap
 
 def test_full_mode_picks_the_full_value(monkeypatch, no_camvid):
     monkeypatch.setenv("SEGLEARN_MODE", "FULL")
+    monkeypatch.delenv("SEGLEARN_PRETRAINED", raising=False)
     cfg = setup_notebook(quiet=True)
     assert cfg.mode == "FULL" and not cfg.quick and cfg.pick(quick=2, full=50) == 50
+    assert cfg.pretrained  # FULL starts from ImageNet weights unless told otherwise
+
+
+@pytest.mark.parametrize(
+    ("env", "mode", "expected"),
+    [(None, "FULL", True), (None, "QUICK", False), ("0", "FULL", False), (" No", "FULL", False),
+     ("1", "QUICK", True), ("TRUE", "QUICK", True), ("", "FULL", True)],
+)  # fmt: skip
+def test_pretrained_switch_comes_from_env_else_from_the_mode(monkeypatch, env, mode, expected):
+    if env is None:
+        monkeypatch.delenv("SEGLEARN_PRETRAINED", raising=False)
+    else:
+        monkeypatch.setenv("SEGLEARN_PRETRAINED", env)
+    assert use_pretrained(mode) is expected
+
+
+def test_from_scratch_full_mode_says_so_and_refuses_a_bad_switch(monkeypatch, no_camvid, capsys):
+    monkeypatch.setenv("SEGLEARN_MODE", "FULL")
+    monkeypatch.setenv("SEGLEARN_PRETRAINED", "0")
+    cfg = setup_notebook()
+    assert not cfg.pretrained and "backbones: from scratch" in capsys.readouterr().out
+    monkeypatch.setenv("SEGLEARN_PRETRAINED", "maybe")
+    with pytest.raises(ValueError, match="set it to 1 .* or 0"):
+        setup_notebook(quiet=True)
 
 
 def test_quick_without_camvid_falls_back_to_synthetic_scenes(monkeypatch, no_camvid):

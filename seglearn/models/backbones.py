@@ -8,8 +8,11 @@ weights trained at one output stride can be evaluated at another.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.error import URLError
 
+import torch
 import torchvision
 from torch import Tensor, nn
 
@@ -27,6 +30,21 @@ _DILATE = {32: [False, False, False], 16: [False, False, True], 8: [False, True,
 def _weights(enum_name: str, pretrained: bool):
     # IMAGENET1K_V1 everywhere: the weights the papers' era (and torchvision's segmentation models) used.
     return getattr(torchvision.models, enum_name).IMAGENET1K_V1 if pretrained else None
+
+
+def _build(fn: str, enum_name: str, pretrained: bool, **kwargs) -> nn.Module:
+    """``torchvision.models.<fn>(weights=..., **kwargs)``; a failed weights download says how to go on offline."""
+    weights = _weights(enum_name, pretrained)
+    build: Callable[..., nn.Module] = getattr(torchvision.models, fn)
+    try:
+        return build(weights=weights, **kwargs)
+    except (URLError, ConnectionError, TimeoutError) as err:  # no network (a GPU box, CI): the cache is empty
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise RuntimeError(
+            f"could not download the ImageNet weights of {fn} ({err}). Either copy {weights.url} (fetched where "
+            f"there is internet) to {cache}, or train from scratch: pretrained_backbone=False (notebooks: set "
+            "SEGLEARN_PRETRAINED=0; CLI: leave out --pretrained-backbone)"
+        ) from err
 
 
 class ResNetBackbone(nn.Module):
@@ -57,9 +75,7 @@ class ResNetBackbone(nn.Module):
         bottleneck = name in ("resnet50", "resnet101")
         # torchvision's BasicBlock refuses dilation > 1, so ResNet-18/34 are built at stride 32 and rewritten below.
         dilate = _DILATE[output_stride] if bottleneck else _DILATE[32]
-        net = getattr(torchvision.models, fn)(
-            weights=_weights(weights, pretrained), replace_stride_with_dilation=dilate
-        )
+        net = _build(fn, weights, pretrained, replace_stride_with_dilation=dilate)
         self.name = name
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)  # (N, 64, H/4, W/4)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
@@ -131,7 +147,7 @@ class VGGBackbone(nn.Module):
         if name not in VGGS:
             raise ValueError(f"unknown VGG {name!r}; choose one of: {', '.join(VGGS)}")
         fn, weights = VGGS[name]
-        net = getattr(torchvision.models, fn)(weights=_weights(weights, pretrained))
+        net = _build(fn, weights, pretrained)
         self.name = name
         self.features = net.features
         self.classifier = net.classifier if keep_classifier else None
