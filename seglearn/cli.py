@@ -117,6 +117,8 @@ def history_dict(history: Any) -> dict[str, Any]:
         "val_epochs": [int(e) for e in history.val_epochs],
         "lr": [float(x) for x in history.lr],
         "epoch_time": [float(x) for x in history.epoch_time],
+        "train_time": [float(x) for x in history.train_time],
+        "train_images": [int(x) for x in history.train_images],
     }
 
 

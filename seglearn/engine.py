@@ -372,7 +372,9 @@ def fit(
         totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)])
         if distributed:
             dist.all_reduce(totals)
-        epoch_loss = float(totals[0] / totals[1])
+        epoch_loss = float(totals[0] / totals[1])  # a host sync: the GPU has finished the epoch's work
+        history.train_time.append(time.perf_counter() - t_images)
+        history.train_images.append(int(totals[1]))
         history.train_loss.append(epoch_loss)
         history.lr.append(float(lr_used))
         improved = False

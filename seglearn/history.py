@@ -38,6 +38,8 @@ class History:
         val_epochs: the epoch each entry of ``val`` belongs to.
         lr: learning rate of the last iteration of each epoch (first param group).
         epoch_time: wall-clock seconds of each epoch, validation included (checkpoint writing not).
+        train_time: wall-clock seconds of each epoch's training loop alone (data loading included, validation not).
+        train_images: images trained on in each epoch (summed over ranks).
         best_miou: best validation mIoU so far (NaN before any validation).
         best_epoch: the epoch that reached ``best_miou`` (0 before any validation).
         stopped_early: True when ``time_budget_s`` ended the run before ``epochs``.
@@ -48,6 +50,8 @@ class History:
     val_epochs: list[int] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     epoch_time: list[float] = field(default_factory=list)
+    train_time: list[float] = field(default_factory=list)
+    train_images: list[int] = field(default_factory=list)
     best_miou: float = math.nan
     best_epoch: int = 0
     stopped_early: bool = False
@@ -56,6 +60,12 @@ class History:
     def epochs(self) -> int:
         """Number of completed epochs."""
         return len(self.train_loss)
+
+    @property
+    def images_per_s(self) -> float:
+        """Training throughput over the whole run: images trained on / seconds in the training loops (NaN if none)."""
+        seconds = sum(self.train_time)
+        return sum(self.train_images) / seconds if seconds > 0 else math.nan
 
     @property
     def best(self) -> SegScores | None:
@@ -81,6 +91,8 @@ class History:
             "val_epochs": [int(e) for e in self.val_epochs],
             "lr": [float(x) for x in self.lr],
             "epoch_time": [float(x) for x in self.epoch_time],
+            "train_time": [float(x) for x in self.train_time],
+            "train_images": [int(x) for x in self.train_images],
             "best_miou": float(self.best_miou),
             "best_epoch": int(self.best_epoch),
             "stopped_early": bool(self.stopped_early),
@@ -95,6 +107,8 @@ class History:
             val_epochs=list(d["val_epochs"]),
             lr=list(d["lr"]),
             epoch_time=list(d["epoch_time"]),
+            train_time=list(d.get("train_time", [])),  # absent from checkpoints written before it was recorded
+            train_images=list(d.get("train_images", [])),
             best_miou=float(d.get("best_miou", math.nan)),
             best_epoch=int(d.get("best_epoch", 0)),
             stopped_early=bool(d.get("stopped_early", False)),

@@ -139,7 +139,8 @@ def test_rng_capture_restores_every_generator_an_epoch_uses(tmp_path):
 def test_history_round_trip_keeps_nan_and_arrays():
     cm = ConfusionMatrix(3)
     cm.update(torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, 0]]))
-    h = History(train_loss=[1.5, 1.0], lr=[0.1, 0.05], epoch_time=[2.0, 2.1])
+    h = History(train_loss=[1.5, 1.0], lr=[0.1, 0.05], epoch_time=[2.0, 2.1], train_time=[1.5, 1.5],
+                train_images=[30, 30])  # fmt: skip
     assert h.record_val(2, cm.compute())
     assert not h.record_val(3, cm.compute())  # equal is not better
     back = History.from_dict(h.to_dict())
@@ -147,7 +148,10 @@ def test_history_round_trip_keeps_nan_and_arrays():
     np.testing.assert_array_equal(back.val[0].iou, h.val[0].iou)  # NaN for the absent class survives
     assert math.isnan(back.val[0].iou[2]) and back.val[0].miou == h.val[0].miou
     assert back.best is back.val[0]
-    assert History().best is None and math.isnan(History().best_miou)
+    assert back.train_images == [30, 30] and back.images_per_s == 20.0
+    assert History().best is None and math.isnan(History().best_miou) and math.isnan(History().images_per_s)
+    old = {k: v for k, v in h.to_dict().items() if k not in ("train_time", "train_images")}
+    assert History.from_dict(old).train_time == []  # a checkpoint from before throughput was recorded still loads
 
 
 def test_worker_seeding_gives_each_worker_and_epoch_its_own_reproducible_augmentations():

@@ -78,6 +78,9 @@ def test_fit_learns_and_records_history(trained, data):
     assert h.best_miou == max(s.miou for s in h.val) and h.val_epochs[h.val_epochs.index(h.best_epoch)] == h.best_epoch
     assert h.best is h.val[h.val_epochs.index(h.best_epoch)]
     assert not h.stopped_early and all(t > 0 for t in h.epoch_time)
+    # Throughput counts the training loops only: 16 images an epoch, each loop shorter than its epoch (val after it).
+    assert h.train_images == [16] * 4 and all(0 < t < e for t, e in zip(h.train_time, h.epoch_time, strict=True))
+    assert h.images_per_s == pytest.approx(64 / sum(h.train_time))
     assert model.training  # fit leaves the model as it trained it; evaluate restored train mode
 
 
