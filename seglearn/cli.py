@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from seglearn import distributed as D
+from seglearn.record import run_record
 
 MODEL_FILE = "model.pt"
 SYNTHETIC_SIZE = (96, 128)
@@ -44,7 +46,8 @@ def _datasets(args: argparse.Namespace, crop: tuple[int, int] | None, splits: Se
 
     out = []
     for i, split in enumerate(splits):
-        tf = data.train_transforms(crop) if crop is not None and i == 0 else data.eval_transforms()
+        scale = tuple(getattr(args, "scale", None) or (0.5, 2.0))
+        tf = data.train_transforms(crop, scale=scale) if crop is not None and i == 0 else data.eval_transforms()
         kw: dict[str, Any] = {}
         if args.dataset == "synthetic":
             n = args.num_images if split == "train" else max(4, args.num_images // 4)
@@ -122,6 +125,20 @@ def history_dict(history: Any) -> dict[str, Any]:
     }
 
 
+def _model_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["base_channels=32", "output_stride=16"]`` -> ``{"base_channels": 32, "output_stride": 16}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--model-arg takes KEY=VALUE (e.g. output_stride=16), got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(raw)  # numbers, tuples, True/False/None
+        except (ValueError, SyntaxError):
+            out[key] = raw  # a bare word: a string such as resnet50
+    return out
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -140,7 +157,7 @@ def train_job(args: argparse.Namespace, *, model_name: str, out: Path, quiet: bo
     info = D.init_distributed(args.device)
     crop = _crop(args.crop)
     train_set, val_set = _datasets(args, crop, ["train", "val"])
-    model_kwargs: dict[str, Any] = {"aux_loss": args.aux_loss}
+    model_kwargs: dict[str, Any] = {"aux_loss": args.aux_loss, **_model_args(getattr(args, "model_arg", None) or [])}
     if args.backbone:
         model_kwargs["backbone"] = args.backbone
     config = {
@@ -155,23 +172,39 @@ def train_job(args: argparse.Namespace, *, model_name: str, out: Path, quiet: bo
             model_name, train_set.num_classes, pretrained_backbone=args.pretrained_backbone, **model_kwargs
         )
         model = D.wrap_model(model, info, sync_bn=args.sync_bn)
-    except ValueError as err:
+    except (ValueError, TypeError) as err:  # a bad --model-arg name or value included
         raise UsageError(str(err)) from None
+    loss = None
+    if getattr(args, "class_weights", "none") == "median":  # SegNet's median-frequency balancing, from train
+        from seglearn.losses import SegLoss
+
+        loss = SegLoss(class_weights=train_set.class_weights())
     val_loader = _loader(val_set, args, train=False)
+    if info.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(info.device)
     try:
         history = fit(
             model, _loader(train_set, args, train=True), val_loader, epochs=args.epochs, lr=args.lr,
-            optimizer=args.optimizer, device=info.device, seed=args.seed, checkpoint_dir=out / "checkpoints",
-            resume=args.resume, time_budget_s=args.time_budget, model_config=config,
+            optimizer=args.optimizer, loss=loss, device=info.device, seed=args.seed,
+            checkpoint_dir=out / "checkpoints", resume=args.resume, time_budget_s=args.time_budget,
+            model_config=config, weight_decay=getattr(args, "weight_decay", 1e-4),
+            warmup_iters=getattr(args, "warmup_iters", 0), val_every=getattr(args, "val_every", 1),
+            amp=not getattr(args, "no_amp", False), channels_last=getattr(args, "channels_last", False),
         )  # fmt: skip
     except ValueError as err:  # e.g. --resume into a folder written by another model
         raise UsageError(str(err)) from None
     # Each rank scores its own shard (no repeats); evaluate sums the confusion matrices over ranks.
     scores = evaluate(model, val_loader, train_set.num_classes, device=info.device)
     classes, palette = list(train_set.classes), np.asarray(train_set.palette)
+    record = run_record(
+        argparse.Namespace(**{**vars(args), "model_name": model_name, "model_kwargs": model_kwargs}),
+        D.unwrap_model(model), history, scores, device=info.device, world_size=info.world_size,
+        train_size=len(train_set), val_size=len(val_set),
+    )  # fmt: skip
     if info.is_main:
         meta = {**config, "classes": classes, "palette": palette.tolist(), "crop": list(crop)}
         save_model(out / MODEL_FILE, model, meta)
+        _write_json(out / "run.json", record)
         _write_json(out / "history.json", history_dict(history))
         _write_json(out / "scores.json", {**scores.as_dict(), "classes": classes, "world_size": info.world_size})
         fig = plot_history(history)
@@ -180,9 +213,13 @@ def train_job(args: argparse.Namespace, *, model_name: str, out: Path, quiet: bo
         if not quiet:
             print(f"{model_name} on {args.dataset}: {history.epochs} epochs, val scores ({len(val_set)} images)")
             print(scores.table(classes))
-            print(f"\nwrote {out / MODEL_FILE}, history.json, scores.json, curves.png")
+            print(
+                f"\n{record['epochs']} epochs in {record['wall_s']:.0f} s, {record['images_per_s']:.1f} images/s, "
+                f"{record['memory_kind']} {record['peak_memory_mib']:.0f} MiB on {record['device']}"
+            )
+            print(f"wrote {out / MODEL_FILE}, history.json, scores.json, run.json, curves.png")
     D.teardown_distributed()
-    return {"scores": scores, "history": history, "classes": classes, "palette": palette}
+    return {"scores": scores, "history": history, "classes": classes, "palette": palette, "record": record}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -326,8 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default: runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint under --out")
     p.add_argument("--time-budget", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-iters", type=int, default=0, help="linear warm-up steps before the poly schedule")
+    p.add_argument("--scale", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
+                   help="random rescale range of training images before the crop (default: 0.5 2.0)")  # fmt: skip
+    p.add_argument("--class-weights", choices=["none", "median"], default="none",
+                   help="median: SegNet's median-frequency loss weights, counted on the train split")  # fmt: skip
+    p.add_argument("--val-every", type=int, default=1, metavar="N", help="validate every N epochs (and at the end)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster convolutions on GPUs)")
+    p.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16/fp16 autocast on CUDA)")
     p.add_argument("--aux-loss", action="store_true")
     p.add_argument("--backbone", default=None, help="e.g. resnet50 (default: the paper's)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a builder keyword, repeatable: e.g. output_stride=16, base_channels=32")  # fmt: skip
     p.add_argument("--pretrained-backbone", action="store_true", help="ImageNet weights (torchvision cache)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun")
     p.add_argument("--seed", type=int, default=0)
@@ -368,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m seglearn`` and the ``seglearn`` script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the exact command, for run.json
     try:
         return args.func(args)
     except UsageError as err:

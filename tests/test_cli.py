@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import runpy
+import shlex
 import shutil
 import sys
 import zipfile
@@ -16,6 +17,7 @@ import torch
 from PIL import Image
 
 from seglearn.cli import load_model, main
+from seglearn.models import count_parameters, create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _http import serve  # noqa: E402  (the local HTTP server shared by the download tests)
@@ -102,6 +104,47 @@ def test_train_writes_model_history_scores_and_curves(run_dir):
     model, meta = load_model(run_dir / "model.pt")
     assert meta["model"] == "tinyfcn" and meta["num_classes"] == 11 and not model.training
     assert model(torch.zeros(1, 3, 40, 56))["out"].shape == (1, 11, 40, 56)
+
+
+def test_train_writes_a_results_row_with_the_exact_command(run_dir):
+    run = json.loads((run_dir / "run.json").read_text())
+    history = json.loads((run_dir / "history.json").read_text())
+    scores = json.loads((run_dir / "scores.json").read_text())
+    argv = ["train", *TINY, "--epochs", "2", "--out", str(run_dir)]
+    assert run["command"] == "python -m seglearn " + shlex.join(argv)  # the row reproduces from its command
+    assert shlex.split(run["command"])[3:] == argv
+    assert (run["model"], run["dataset"], run["epochs"], run["train_images"], run["batch_size"]) == (
+        "tinyfcn", "synthetic", 2, 12, 4)  # fmt: skip
+    assert run["miou"] == scores["miou"] and run["pixel_acc"] == scores["pixel_acc"]
+    assert run["wall_s"] == pytest.approx(sum(history["epoch_time"]))
+    assert run["images_per_s"] == pytest.approx(sum(history["train_images"]) / sum(history["train_time"]))
+    assert history["train_images"] == [12, 12] and run["train_s"] < run["wall_s"]
+    assert run["memory_kind"] == "process peak RSS" and 50 < run["peak_memory_mib"] < 64_000
+    assert run["device"].startswith("CPU (") and run["world_size"] == 1 and not run["pretrained_backbone"]
+
+
+def test_recipe_options_reach_the_model_loss_and_schedule(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", *TINY, "--epochs", "3", "--out", str(out), "--model-arg", "width=8", "--class-weights", "median"]
+    argv += ["--weight-decay", "0", "--val-every", "2", "--scale", "1", "1", "--channels-last", "--no-amp"]
+    assert main(argv) == 0
+    model, meta = load_model(out / "model.pt")
+    assert meta["model_kwargs"] == {"aux_loss": False, "width": 8}
+    assert count_parameters(model) == count_parameters(create_model("tinyfcn", 11, width=8))
+    history = json.loads((out / "history.json").read_text())
+    assert history["val_epochs"] == [2, 3]  # every 2nd epoch, and the last
+    assert json.loads((out / "run.json").read_text())["model_kwargs"] == {"aux_loss": False, "width": 8}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--model-arg", "width"], "--model-arg takes KEY=VALUE"),
+     (["--model-arg", "widht=8"], "unexpected keyword argument 'widht'")],
+)  # fmt: skip
+def test_bad_model_args_exit_2_and_name_the_problem(tmp_path, capsys, extra, message):
+    assert _exit_code(["train", *TINY, "--epochs", "1", "--out", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def _miou_line(text: str) -> float:

@@ -1,0 +1,66 @@
+"""What a training run reports: one row of a results table (scores, epochs, time, images/s, memory, device, command).
+
+``python -m seglearn train`` writes it as ``run.json``; ``benchmarks/full_results.py`` turns such records into the
+README's results table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from seglearn.models import count_parameters
+
+
+def device_name(device: torch.device) -> str:
+    """``NVIDIA H100 80GB HBM3`` on a GPU; ``CPU (x86_64, 2 threads)`` on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def peak_memory_mib(device: torch.device) -> tuple[float, str]:
+    """The run's peak memory and what was measured: CUDA's peak allocation, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "GPU peak allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"  # Linux: KiB
+
+
+def run_record(
+    args: argparse.Namespace,
+    model: nn.Module,
+    history: Any,
+    scores: Any,
+    *,
+    device: torch.device,
+    world_size: int,
+    train_size: int,
+    val_size: int,
+) -> dict[str, Any]:
+    """One row of a results table: what ran (the exact command), what it scored, how long and how much memory.
+
+    ``wall_s`` sums the epochs (validation included, over every resume of the run); ``images_per_s`` counts the
+    training loops alone; ``peak_memory_mib`` is CUDA's peak allocation on a GPU, the process's peak RSS on a CPU.
+    """
+    memory, memory_kind = peak_memory_mib(device)
+    prefix = "python -m seglearn" if world_size == 1 else f"torchrun --nproc_per_node={world_size} -m seglearn"
+    return {
+        "model": args.model_name, "model_kwargs": args.model_kwargs, "params_m": count_parameters(model) / 1e6,
+        "dataset": args.dataset, "train_images": train_size, "val_images": val_size, "crop": list(args.crop),
+        "pretrained_backbone": bool(args.pretrained_backbone), "epochs": history.epochs,
+        "stopped_early": history.stopped_early, "lr": args.lr, "optimizer": args.optimizer,
+        "batch_size": args.batch_size * world_size, "miou": scores.miou, "pixel_acc": scores.pixel_acc,
+        "mean_acc": scores.mean_acc, "best_miou": history.best_miou, "best_epoch": history.best_epoch,
+        "wall_s": sum(history.epoch_time), "train_s": sum(history.train_time), "images_per_s": history.images_per_s,
+        "peak_memory_mib": memory, "memory_kind": memory_kind, "device": device_name(device),
+        "world_size": world_size, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "command": f"{prefix} {shlex.join(getattr(args, 'argv', []))}".strip(),
+    }  # fmt: skip
