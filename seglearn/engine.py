@@ -27,6 +27,7 @@ from .checkpoint import (
 )
 from .distributed import ShardSampler, get_rank, unwrap_model
 from .history import History
+from .memory import peak_memory_mib, reset_peak_memory
 from .metrics import ConfusionMatrix, SegScores
 from .models.shell import logits_of, resize_to
 from .progress import LivePlot, in_notebook, progress_bar
@@ -256,7 +257,8 @@ def fit(
     :class:`seglearn.losses.SegLoss`. ``optimizer`` is an instance or ``"sgd"`` (default) / ``"adamw"``. On CUDA
     it trains under autocast (bf16, or fp16 with a GradScaler). ``checkpoint_dir`` gets ``last.pt`` after every
     epoch and ``best.pt`` at the best val mIoU; ``resume=True`` continues exactly from ``last.pt``.
-    ``time_budget_s`` stops after the epoch in which the budget runs out. When torch.distributed is initialized the
+    ``time_budget_s`` stops after the epoch in which the budget runs out. On CUDA it resets the device's peak-memory
+    counter first, so ``History.peak_memory_mib`` is this run's peak. When torch.distributed is initialized the
     model is wrapped in DistributedDataParallel, loaders are sharded, and only rank 0 writes and shows progress.
     """
     if epochs < 1 or val_every < 1:
@@ -318,6 +320,7 @@ def fit(
     plot = LivePlot(epochs) if main and (live_plot or (live_plot is None and progress and in_notebook())) else None
     in_channels = _input_channels(net)
     check_every = 1 if device.type == "cpu" else 20  # a host sync per check: every step is free only on the CPU
+    reset_peak_memory(device)  # History.peak_memory_mib is this run's peak (on CUDA; a CPU has only the process's)
     t_start = time.perf_counter()
 
     epoch_bar = progress_bar(range(start, epochs), enabled=show, desc="fit", unit="epoch", initial=start, total=epochs)
@@ -384,6 +387,9 @@ def fit(
         out_of_time = _any_rank(time_budget_s is not None and time.perf_counter() - t_start >= time_budget_s, device)
         history.stopped_early = out_of_time and epoch + 1 < epochs
         history.epoch_time.append(time.perf_counter() - t_epoch)
+        peak, history.memory_kind = peak_memory_mib(device)
+        prev = history.peak_memory_mib  # a resumed run keeps the peak of its earlier part
+        history.peak_memory_mib = peak if math.isnan(prev) else max(prev, peak)
         if ckpt_dir is not None and main:
             state = training_state(
                 epoch + 1, net, opt, sched, scaler, train_loader, history.to_dict(), num_classes, model_config

@@ -40,6 +40,7 @@ class History:
         epoch_time: wall-clock seconds of each epoch, validation included (checkpoint writing not).
         train_time: wall-clock seconds of each epoch's training loop alone (data loading included, validation not).
         train_images: images trained on in each epoch (summed over ranks).
+        peak_memory_mib, memory_kind: peak memory of the run and what was measured (seglearn.memory.peak_memory_mib).
         best_miou: best validation mIoU so far (NaN before any validation).
         best_epoch: the epoch that reached ``best_miou`` (0 before any validation).
         stopped_early: True when ``time_budget_s`` ended the run before ``epochs``.
@@ -52,6 +53,8 @@ class History:
     epoch_time: list[float] = field(default_factory=list)
     train_time: list[float] = field(default_factory=list)
     train_images: list[int] = field(default_factory=list)
+    peak_memory_mib: float = math.nan
+    memory_kind: str = ""
     best_miou: float = math.nan
     best_epoch: int = 0
     stopped_early: bool = False
@@ -93,6 +96,8 @@ class History:
             "epoch_time": [float(x) for x in self.epoch_time],
             "train_time": [float(x) for x in self.train_time],
             "train_images": [int(x) for x in self.train_images],
+            "peak_memory_mib": float(self.peak_memory_mib),
+            "memory_kind": self.memory_kind,
             "best_miou": float(self.best_miou),
             "best_epoch": int(self.best_epoch),
             "stopped_early": bool(self.stopped_early),
@@ -109,6 +114,8 @@ class History:
             epoch_time=list(d["epoch_time"]),
             train_time=list(d.get("train_time", [])),  # absent from checkpoints written before it was recorded
             train_images=list(d.get("train_images", [])),
+            peak_memory_mib=float(d.get("peak_memory_mib", math.nan)),
+            memory_kind=str(d.get("memory_kind", "")),
             best_miou=float(d.get("best_miou", math.nan)),
             best_epoch=int(d.get("best_epoch", 0)),
             stopped_early=bool(d.get("stopped_early", False)),

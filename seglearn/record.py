@@ -25,15 +25,6 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def peak_memory_mib(device: torch.device) -> tuple[float, str]:
-    """The run's peak memory and what was measured: CUDA's peak allocation, else the process's peak RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "GPU peak allocated"
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"  # Linux: KiB
-
-
 def run_record(
     args: argparse.Namespace,
     model: nn.Module,
@@ -50,7 +41,6 @@ def run_record(
     ``wall_s`` sums the epochs (validation included, over every resume of the run); ``images_per_s`` counts the
     training loops alone; ``peak_memory_mib`` is CUDA's peak allocation on a GPU, the process's peak RSS on a CPU.
     """
-    memory, memory_kind = peak_memory_mib(device)
     prefix = "python -m seglearn" if world_size == 1 else f"torchrun --nproc_per_node={world_size} -m seglearn"
     return {
         "model": args.model_name, "model_kwargs": args.model_kwargs, "params_m": count_parameters(model) / 1e6,
@@ -60,7 +50,7 @@ def run_record(
         "batch_size": args.batch_size * world_size, "miou": scores.miou, "pixel_acc": scores.pixel_acc,
         "mean_acc": scores.mean_acc, "best_miou": history.best_miou, "best_epoch": history.best_epoch,
         "wall_s": sum(history.epoch_time), "train_s": sum(history.train_time), "images_per_s": history.images_per_s,
-        "peak_memory_mib": memory, "memory_kind": memory_kind, "device": device_name(device),
+        "peak_memory_mib": history.peak_memory_mib, "memory_kind": history.memory_kind, "device": device_name(device),
         "world_size": world_size, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
         "command": f"{prefix} {shlex.join(getattr(args, 'argv', []))}".strip(),
     }  # fmt: skip

@@ -81,6 +81,7 @@ def test_fit_learns_and_records_history(trained, data):
     # Throughput counts the training loops only: 16 images an epoch, each loop shorter than its epoch (val after it).
     assert h.train_images == [16] * 4 and all(0 < t < e for t, e in zip(h.train_time, h.epoch_time, strict=True))
     assert h.images_per_s == pytest.approx(64 / sum(h.train_time))
+    assert h.memory_kind == "process peak RSS" and 50 < h.peak_memory_mib < 64_000  # a CPU: the process's peak
     assert model.training  # fit leaves the model as it trained it; evaluate restored train mode
 
 
