@@ -3,7 +3,9 @@
 Each row is one command (the chapter's FULL recipe: 367 train images at 360x480, batch 8, SGD with poly decay unless
 said otherwise), scored on the 101 val images by ``seglearn.evaluate`` at the end of training, from scratch (no
 ImageNet weights). A run writes ``runs/full/<row>/run.json``; the table is made from those files, so every number in it
-comes from the command printed beside it.
+comes from the command printed beside it. A chapter notebook executed in FULL mode on CamVid leaves a record of the
+same kind (``notebooks/runs/chapters``); it takes its row's place, with the notebook command, so the executed chapters
+and the table show the same runs and a GPU trains each model once.
 
     python benchmarks/full_results.py --list                   # the roster: each row's exact command
     python benchmarks/full_results.py --rows segnet unet        # train these rows (a GPU), skipping finished ones
@@ -118,12 +120,20 @@ def table(records: list[dict], notes: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def load_records(out_root: Path, rows: list[Recipe]) -> list[dict]:
-    """The run.json of each row that has one, with its row id added."""
+def load_records(out_root: Path, rows: list[Recipe], chapters: Path | None = None) -> list[dict]:
+    """Per row, in roster order: the FULL-mode record its chapter notebook left in ``chapters`` (so the table and
+    the executed notebook show the same run), else the ``run.json`` of its ``seglearn train`` command, else nothing."""
+    from_chapters: dict[str, dict] = {}
+    for path in sorted(chapters.glob("*.json")) if chapters is not None and chapters.is_dir() else []:
+        record = json.loads(path.read_text())
+        if record.get("mode") == "FULL" and record.get("data") == "camvid" and "row" in record:
+            from_chapters[record["row"]] = record
     records = []
     for r in rows:
         path = out_root / r.row / "run.json"
-        if path.is_file():
+        if r.row in from_chapters:
+            records.append(from_chapters[r.row])
+        elif path.is_file():
             records.append({**json.loads(path.read_text()), "row": r.row})
     return records
 
@@ -146,6 +156,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--update-readme", action="store_true", help="with --table: write it into README.md")
     p.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md")
     p.add_argument("--out", type=Path, default=Path("runs/full"), help="run folders (default: runs/full)")
+    p.add_argument("--chapters", type=Path, default=REPO_ROOT / "notebooks" / "runs" / "chapters",
+                   help="FULL-mode chapter records; each replaces its row's run")  # fmt: skip
     p.add_argument("--epochs", type=int, default=None, help="override every row's epochs (recorded in its command)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers per run")
     p.add_argument("--force", action="store_true", help="train rows again even when their run.json exists")
@@ -164,7 +176,7 @@ def main(argv: list[str] | None = None) -> str:
         return text
     if not args.table:
         train(rows, args.out, epochs=args.epochs, workers=args.workers, extra=extra, force=args.force)
-    markdown = table(load_records(args.out, rows), {r.row: r.note for r in ROSTER})
+    markdown = table(load_records(args.out, rows, args.chapters), {r.row: r.note for r in ROSTER})
     print(markdown)
     if args.update_readme:
         update_readme(args.readme, markdown)

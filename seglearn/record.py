@@ -1,15 +1,17 @@
 """What a training run reports: one row of a results table (scores, epochs, time, images/s, memory, device, command).
 
-``python -m seglearn train`` writes it as ``run.json``; ``benchmarks/full_results.py`` turns such records into the
-README's results table.
+``python -m seglearn train`` writes it as ``run.json``; a chapter notebook writes it as ``runs/chapters/<name>.json``
+(:func:`save_chapter_record`); ``benchmarks/full_results.py`` turns either into the README's results table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shlex
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,3 +56,53 @@ def run_record(
         "world_size": world_size, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
         "command": f"{prefix} {shlex.join(getattr(args, 'argv', []))}".strip(),
     }  # fmt: skip
+
+
+CHAPTER_RECORDS = Path("runs") / "chapters"  # relative to the notebooks' working directory; git-ignored
+
+
+def chapter_record(
+    name: str,
+    *,
+    row: str,
+    notebook: str,
+    model_name: str,
+    model: nn.Module,
+    history: Any,
+    scores: Any,
+    cfg: Any,
+    info: Any,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A chapter's training run as a results-table row (the fields of ``run.json``) plus the chapter's own numbers.
+
+    ``name`` names the record file, ``row`` the results-table row it stands for (see benchmarks/full_results.py),
+    ``notebook`` the chapter file it came from; ``cfg`` is the :class:`~seglearn.notebook.NotebookConfig` and
+    ``info`` the loaders' :class:`~seglearn.notebook.LoaderInfo`. ``extra`` (e.g. ``miou_crf``) is stored as given.
+    """
+    env = f"SEGLEARN_MODE={cfg.mode} SEGLEARN_PRETRAINED={int(cfg.pretrained)}"
+    return {
+        "name": name, "row": row, "model": model_name, "mode": cfg.mode, "data": info.source,
+        "params": count_parameters(model), "params_m": count_parameters(model) / 1e6, "train_images": info.train_size,
+        "val_images": info.val_size, "pretrained_backbone": bool(cfg.pretrained), "epochs": history.epochs,
+        "stopped_early": history.stopped_early, "train_s": round(sum(history.epoch_time), 1),
+        "wall_s": sum(history.epoch_time), "images_per_s": history.images_per_s,
+        "peak_memory_mib": history.peak_memory_mib, "memory_kind": history.memory_kind,
+        "device": device_name(cfg.device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "command": f"{env} jupyter nbconvert --to notebook --execute notebooks/{notebook}.ipynb",
+        **scores.as_dict(), **extra,
+    }  # fmt: skip
+
+
+def save_chapter_record(record: dict[str, Any], folder: Path = CHAPTER_RECORDS) -> Path:
+    """Write ``record`` as ``folder/<name>.json`` (later chapters and the results table read it) and return the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{record['name']}.json"
+    path.write_text(json.dumps(record, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    return path
+
+
+def load_chapter_record(name: str, folder: Path = CHAPTER_RECORDS) -> dict[str, Any] | None:
+    """The record a chapter saved under ``name``, or None when that chapter has not run in this checkout."""
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,7 +194,8 @@ def test_full_results_trains_a_row_and_writes_it_into_the_readme(full_bench, tmp
     out = tmp_path / "runs"
     tiny = ["--", "--dataset", "synthetic", "--num-images", "8", "--crop", "32", "48", "--batch-size", "4"]
     tiny += ["--device", "cpu"]
-    argv = ["--rows", "tinyfcn", "--out", str(out), "--epochs", "1", "--workers", "0", *tiny]
+    argv = ["--rows", "tinyfcn", "--out", str(out), "--chapters", str(tmp_path / "none"), "--epochs", "1"]
+    argv += ["--workers", "0", *tiny]
     markdown = full_bench.main(argv)
     run = json.loads((out / "tinyfcn" / "run.json").read_text())
     assert run["command"] == shlex.join(full_bench.command(full_bench.ROSTER[0], out, epochs=1, workers=0,
@@ -208,7 +210,7 @@ def test_full_results_trains_a_row_and_writes_it_into_the_readme(full_bench, tmp
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{full_bench.BEGIN}\nold table\n{full_bench.END}\noutro\n")
-    full_bench.main(["--table", "--update-readme", "--readme", str(readme), "--out", str(out)])
+    full_bench.main(["--table", "--update-readme", "--readme", str(readme), "--out", str(out), "--chapters", "-"])
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text and row in text
     readme.write_text("no markers\n")
@@ -221,3 +223,38 @@ def test_a_failing_row_stops_with_its_log(full_bench, tmp_path):
     with pytest.raises(SystemExit, match=r"segnet failed \(exit 2\)[\s\S]*--model-arg takes KEY=VALUE"):
         full_bench.main(argv)
     assert not (tmp_path / "segnet" / "run.json").exists()
+
+
+def test_a_full_chapter_record_takes_its_rows_place(full_bench, tmp_path):
+    from seglearn.history import History
+    from seglearn.metrics import ConfusionMatrix
+    from seglearn.models import create_model
+    from seglearn.notebook import LoaderInfo, NotebookConfig
+    from seglearn.record import chapter_record, load_chapter_record, save_chapter_record
+
+    cm = ConfusionMatrix(11)
+    cm.update(torch.tensor([[0, 3, 3, 5]]), torch.tensor([[0, 3, 5, 5]]))
+    history = History(train_loss=[1.0, 0.5], epoch_time=[3.0, 2.0], train_time=[2.0, 1.5], train_images=[16, 16],
+                      peak_memory_mib=900.0, memory_kind="GPU peak allocated")  # fmt: skip
+    info = LoaderInfo(classes=[str(i) for i in range(11)], palette=np.zeros((11, 3), np.uint8), num_classes=11,
+                      ignore_index=255, source="camvid", train_size=367, val_size=101)  # fmt: skip
+    chapters = tmp_path / "chapters"
+    for mode in ("FULL", "QUICK"):
+        cfg = NotebookConfig(mode=mode, device=torch.device("cpu"), seed=0, data_root=tmp_path, camvid_root=tmp_path)
+        record = chapter_record(f"03_unet_{mode}", row="unet", notebook="03_unet", model_name="unet64",
+                                model=create_model("tinyfcn", 11), history=history, scores=cm.compute(), cfg=cfg,
+                                info=info, miou_crf=0.5)  # fmt: skip
+        save_chapter_record(record, chapters)
+    saved = load_chapter_record("03_unet_FULL", chapters)
+    assert saved["command"] == "SEGLEARN_MODE=FULL SEGLEARN_PRETRAINED=0 jupyter nbconvert --to notebook --execute " \
+        "notebooks/03_unet.ipynb"  # fmt: skip
+    assert saved["images_per_s"] == pytest.approx(32 / 3.5) and saved["miou_crf"] == 0.5 and saved["epochs"] == 2
+    assert load_chapter_record("01_fcn", chapters) is None
+
+    markdown = full_bench.main(["--table", "--rows", "unet", "segnet", "--out", str(tmp_path / "runs"),
+                                "--chapters", str(chapters)])  # fmt: skip
+    rows = [line for line in markdown.splitlines()[2:]]
+    assert len(rows) == 1 and rows[0].startswith("| unet |")  # the QUICK record is not a FULL result; segnet has none
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[2] == f"{100 * saved['miou']:.1f}" and cells[6] == "9" and cells[7] == "900"
+    assert cells[9] == f"`{saved['command']}`"
