@@ -221,6 +221,26 @@ def _run_in_full_mode(path: Path, full_env: dict[str, Path], monkeypatch: pytest
     assert all(len(scales) > 3 for scales in multi_scale), multi_scale  # FULL's scale lists, not QUICK's three
     for marker in FULL_MARKERS.get(path.stem, []):
         assert marker in text, f"{path.stem}: FULL-mode output {marker!r} missing"
+    for name, row in CHAPTER_ROWS.get(path.stem, []):  # the FULL record that stands for the results table's row
+        record = json.loads((full_env["workdir"] / "runs" / "chapters" / f"{name}.json").read_text())
+        assert (record["row"], record["mode"], record["data"], record["pretrained_backbone"]) == (
+            row, "FULL", "camvid", False)  # fmt: skip
+        assert record["command"] == (
+            f"SEGLEARN_MODE=FULL SEGLEARN_PRETRAINED=0 jupyter nbconvert --to notebook --execute notebooks/{path.name}"
+        )
+        assert record["epochs"] == 1 and record["train_images"] == 4 and record["images_per_s"] > 0
+
+
+# Chapter -> (record name, results-table row in benchmarks/full_results.py) of the runs it saves.
+CHAPTER_ROWS = {
+    "01_fcn": [("01_fcn", "fcn8s")],
+    "02_segnet": [("02_segnet", "segnet")],
+    "03_unet": [("03_unet", "unet"), ("03_unet_weighted", "unet-mfb")],
+    "04_deeplabv1_crf": [("04_deeplabv1", "deeplabv1")],
+    "05_deeplabv3": [("05_deeplabv3", "deeplabv3")],
+    "06_encnet": [("06_encnet", "encnet")],
+    "07_upernet": [("07_upernet", "upernet")],
+}
 
 
 # CI runs `pytest -n 2 --dist loadscope`, which keeps a class on one worker. The chapters that train several models
