@@ -31,11 +31,10 @@ from .memory import peak_memory_mib, reset_peak_memory
 from .metrics import ConfusionMatrix, SegScores
 from .models.shell import logits_of, resize_to
 from .progress import LivePlot, in_notebook, progress_bar
-from .schedules import PolyLR
+from .schedules import PolyLR, build_optimizer
 
 __all__ = ["fit", "evaluate", "predict", "default_device", "build_optimizer"]
 
-OPTIMIZERS = ("sgd", "adamw")
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
@@ -46,25 +45,6 @@ def default_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def build_optimizer(
-    optimizer: str | torch.optim.Optimizer,
-    model: nn.Module,
-    lr: float,
-    weight_decay: float = 1e-4,
-    momentum: float = 0.9,
-) -> torch.optim.Optimizer:
-    """An optimizer instance is returned as is; ``"sgd"`` (momentum, weight decay) or ``"adamw"`` builds one."""
-    if isinstance(optimizer, torch.optim.Optimizer):
-        return optimizer
-    params = [p for p in model.parameters() if p.requires_grad]
-    name = str(optimizer).lower()
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)} (or pass an instance)")
 
 
 def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:

@@ -1,11 +1,34 @@
-"""Learning-rate schedules stepped once per iteration: the "poly" decay with an optional linear warm-up."""
+"""Optimizers by name, and learning-rate schedules stepped once per iteration: "poly" decay with a linear warm-up."""
 
 from __future__ import annotations
 
+import torch
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["PolyLR", "poly_factor"]
+__all__ = ["PolyLR", "poly_factor", "build_optimizer", "OPTIMIZERS"]
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def build_optimizer(
+    optimizer: str | torch.optim.Optimizer,
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 1e-4,
+    momentum: float = 0.9,
+) -> torch.optim.Optimizer:
+    """An optimizer instance is returned as is; ``"sgd"`` (momentum, weight decay) or ``"adamw"`` builds one."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    name = str(optimizer).lower()
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)} (or pass an instance)")
 
 
 def poly_factor(
