@@ -27,6 +27,16 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _run_fields(history: Any, device: torch.device) -> dict[str, Any]:
+    """The fields every record shares: how long the run took, how fast and big it was, and where it ran."""
+    return {
+        "epochs": history.epochs, "stopped_early": history.stopped_early, "wall_s": sum(history.epoch_time),
+        "images_per_s": history.images_per_s, "peak_memory_mib": history.peak_memory_mib,
+        "memory_kind": history.memory_kind, "device": device_name(device), "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }  # fmt: skip
+
+
 def run_record(
     args: argparse.Namespace,
     model: nn.Module,
@@ -47,13 +57,10 @@ def run_record(
     return {
         "model": args.model_name, "model_kwargs": args.model_kwargs, "params_m": count_parameters(model) / 1e6,
         "dataset": args.dataset, "train_images": train_size, "val_images": val_size, "crop": list(args.crop),
-        "pretrained_backbone": bool(args.pretrained_backbone), "epochs": history.epochs,
-        "stopped_early": history.stopped_early, "lr": args.lr, "optimizer": args.optimizer,
+        "pretrained_backbone": bool(args.pretrained_backbone), "lr": args.lr, "optimizer": args.optimizer,
         "batch_size": args.batch_size * world_size, "miou": scores.miou, "pixel_acc": scores.pixel_acc,
         "mean_acc": scores.mean_acc, "best_miou": history.best_miou, "best_epoch": history.best_epoch,
-        "wall_s": sum(history.epoch_time), "train_s": sum(history.train_time), "images_per_s": history.images_per_s,
-        "peak_memory_mib": history.peak_memory_mib, "memory_kind": history.memory_kind, "device": device_name(device),
-        "world_size": world_size, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "train_s": sum(history.train_time), "world_size": world_size, **_run_fields(history, device),
         "command": f"{prefix} {shlex.join(getattr(args, 'argv', []))}".strip(),
     }  # fmt: skip
 
@@ -84,11 +91,8 @@ def chapter_record(
     return {
         "name": name, "row": row, "model": model_name, "mode": cfg.mode, "data": info.source,
         "params": count_parameters(model), "params_m": count_parameters(model) / 1e6, "train_images": info.train_size,
-        "val_images": info.val_size, "pretrained_backbone": bool(cfg.pretrained), "epochs": history.epochs,
-        "stopped_early": history.stopped_early, "train_s": round(sum(history.epoch_time), 1),
-        "wall_s": sum(history.epoch_time), "images_per_s": history.images_per_s,
-        "peak_memory_mib": history.peak_memory_mib, "memory_kind": history.memory_kind,
-        "device": device_name(cfg.device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "val_images": info.val_size, "pretrained_backbone": bool(cfg.pretrained),
+        "train_s": round(sum(history.epoch_time), 1), **_run_fields(history, cfg.device),
         "command": f"{env} jupyter nbconvert --to notebook --execute notebooks/{notebook}.ipynb",
         **scores.as_dict(), **extra,
     }  # fmt: skip
