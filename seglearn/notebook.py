@@ -4,7 +4,8 @@ The run mode is one variable, ``SEGLEARN_MODE``: ``QUICK`` (CI, a CPU: small dat
 (a GPU: real CamVid at 360x480, trained to the numbers the chapter states). Without the variable a CPU runs QUICK
 and a GPU runs FULL. ``SEGLEARN_PRETRAINED`` (0 or 1) says whether backbones start from ImageNet weights; by default
 FULL does and QUICK does not (set 0 on a machine that cannot download them). :class:`NotebookConfig` carries the
-helpers that keep chapters short and free of training loops.
+helpers that keep chapters short and free of training loops; :meth:`NotebookConfig.checkpoints` makes a FULL training
+run continue where it stopped when its cell is run again (after a Colab disconnect, a crash or a time limit).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ T = TypeVar("T")
 CAMVID_SIZE = (360, 480)
 # QUICK frames: CamVid shrunk 3x, so that a chapter trains on two CPU cores in about a minute.
 QUICK_SIZE = (120, 160)
+# FULL runs checkpoint here, relative to the notebook's folder (notebooks/runs/ is git-ignored).
+CHECKPOINTS = Path("runs") / "checkpoints"
+_PLAIN = (str, int, float, bool, type(None))
 
 
 @dataclass
@@ -122,6 +126,52 @@ class NotebookConfig:
             ]
         )
 
+    def checkpoints(self, name: str, **recipe: Any) -> dict[str, Any]:
+        """``fit`` keyword arguments that let a FULL run survive a disconnect: ``seglearn.fit(..., **cfg.checkpoints(
+        "05_deeplabv3", model="deeplabv3", epochs=50, lr=0.01))``.
+
+        FULL: ``checkpoint_dir`` runs/checkpoints/<name> (``last.pt`` every epoch, ``best.pt``), ``resume`` (True
+        when that folder holds a ``last.pt``; it then prints the one line "resuming ...") and ``model_config``
+        ``{"run": name, **recipe}``. ``recipe`` is whatever makes a different run (model name and keywords, epochs,
+        lr, loss, ...; plain values only): a folder written by another recipe is refused with a ValueError that names
+        the differing keys and the folder to delete, never resumed silently. QUICK: ``{}`` (CI stays deterministic,
+        a QUICK run is a minute).
+        """
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"checkpoint name {name!r} must be a plain folder name such as '05_deeplabv3'")
+        if "run" in recipe:
+            raise ValueError(f"'run' is the checkpoint's name ({name!r}); drop it from the recipe")
+        for key, value in recipe.items():
+            if not _is_plain(value):
+                raise ValueError(
+                    f"recipe value {key}={value!r} is not a plain value (str, number, bool, None, or a list, tuple or "
+                    "dict of them): checkpoints are read with weights_only=True; pass e.g. a name or str(value)"
+                )
+        if self.quick:
+            return {}
+        folder = CHECKPOINTS / name
+        config = {"run": name, **recipe}
+        last = folder / "last.pt"
+        if last.is_file():
+            try:
+                state = torch.load(last, map_location="cpu", weights_only=True)
+                saved, epoch = dict(state.get("model_config") or {}), int(state["epoch"])
+            except Exception as err:  # a file torch cannot read is as stale as a foreign recipe
+                raise ValueError(
+                    f"{last} is not a readable seglearn checkpoint ({type(err).__name__}: {err}); delete the folder "
+                    f"{folder} to train {name} from scratch"
+                ) from err
+            changed = _differences(saved, config)
+            if changed:
+                raise ValueError(
+                    f"{folder} holds a run of another recipe ({changed}); delete the folder {folder} to train this "
+                    "recipe from scratch, or change the recipe back to continue that run"
+                )
+            total = recipe.get("epochs")
+            of = f"epoch {epoch} of {total}" if total is not None else f"epoch {epoch}"
+            print(f"resuming {name} from {last} ({of}); delete that folder to train from scratch")
+        return {"checkpoint_dir": folder, "resume": last.is_file(), "model_config": config}
+
     def camvid_loaders(
         self,
         crop: int | tuple[int, int] = (360, 480),
@@ -190,6 +240,26 @@ class NotebookConfig:
         return train_loader, val_loader, info
 
 
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return isinstance(value, _PLAIN)
+
+
+def _differences(saved: dict[str, Any], given: dict[str, Any]) -> str:
+    """'epochs: 50 there, 60 here; lr: ...' for the keys whose values differ ('' when none do)."""
+    unset = object()
+    parts = []
+    for key in {**saved, **given}:
+        there, here = saved.get(key, unset), given.get(key, unset)
+        if there != here:
+            parts.append(f"{key}: {'unset' if there is unset else repr(there)} there, "
+                         f"{'unset' if here is unset else repr(here)} here")  # fmt: skip
+    return "; ".join(parts)
+
+
 def setup_notebook(seed: int = 0, device: str | torch.device | None = None, quiet: bool = False) -> NotebookConfig:
     """Seed everything, pick the device and run mode, set plotting defaults and print one short summary block."""
     import torchvision
@@ -215,5 +285,5 @@ def setup_notebook(seed: int = 0, device: str | torch.device | None = None, quie
         },
     )
     if not quiet:
-        print(cfg.summary())  # the notebook's setup cell shows this block; it is the one print in the package
+        print(cfg.summary())  # the notebook's setup cell shows this block (the package's other print: checkpoints)
     return cfg

@@ -174,3 +174,103 @@ def test_full_uses_all_of_camvid_at_full_size(monkeypatch, shared_camvid_only):
     assert next(iter(train))[0].shape == (2, 3, 256, 320)
     images, masks = next(iter(val))
     assert images.shape == (2, 3, 360, 480) and masks.shape == (2, 360, 480)
+
+
+# ---------------------------------------------------------------- checkpoints: FULL runs that survive a disconnect
+RECIPE = {"model": "tinyfcn", "width": 8, "epochs": 2, "lr": 0.1, "crop": (16, 24)}
+
+
+def _tiny_fit(cfg: NotebookConfig, epochs: int = 2, budget: float | None = None, **fit_kwargs):
+    """tinyfcn (width 8) on 8 random 16x24 scenes with 3 classes, built the same way every call."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.randint(0, 3, (8, 4, 6), generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2)
+    images = torch.eye(3)[masks].permute(0, 3, 1, 2) + 0.5 * torch.randn(8, 3, 16, 24, generator=g)
+    data = TensorDataset(images, masks)
+    train = DataLoader(data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    model = seglearn.create_model("tinyfcn", 3, width=8)
+    history = seglearn.fit(model, train, DataLoader(data, batch_size=4), epochs=epochs, lr=0.1, seed=0, device="cpu",
+                           time_budget_s=budget, progress=False, live_plot=False, **fit_kwargs)  # fmt: skip
+    return model, history
+
+
+@pytest.fixture
+def full_cfg(monkeypatch, no_camvid, tmp_path):
+    """A FULL-mode config on the CPU, working in an empty folder (checkpoints land in tmp_path/runs/checkpoints)."""
+    monkeypatch.setenv("SEGLEARN_MODE", "FULL")
+    monkeypatch.setenv("SEGLEARN_PRETRAINED", "0")
+    monkeypatch.chdir(tmp_path)
+    return setup_notebook(device="cpu", quiet=True)
+
+
+def test_quick_runs_take_no_checkpoints(monkeypatch, no_camvid, tmp_path, capsys):
+    monkeypatch.setenv("SEGLEARN_MODE", "QUICK")
+    monkeypatch.chdir(tmp_path)
+    cfg = setup_notebook(quiet=True)
+    assert cfg.checkpoints("05_deeplabv3", **RECIPE) == {}
+    assert capsys.readouterr().out == "" and not (tmp_path / "runs").exists()
+    with pytest.raises(ValueError, match="not a plain value"):  # caught in QUICK, before a FULL run writes it
+        cfg.checkpoints("05_deeplabv3", root=Path("data"))
+
+
+def test_full_runs_checkpoint_into_a_folder_named_after_the_run(full_cfg, capsys):
+    kwargs = full_cfg.checkpoints("tiny", **RECIPE)
+    assert kwargs == {
+        "checkpoint_dir": Path("runs") / "checkpoints" / "tiny",
+        "resume": False,  # nothing to resume yet: fit starts from scratch without a warning
+        "model_config": {"run": "tiny", **RECIPE},
+    }
+    assert capsys.readouterr().out == ""
+    _tiny_fit(full_cfg, **kwargs)
+    state = torch.load(Path("runs/checkpoints/tiny/last.pt"), weights_only=True)
+    assert state["epoch"] == 2 and state["model_config"] == {"run": "tiny", **RECIPE}
+    for bad in ("", "runs/x", "..", "a/b"):
+        with pytest.raises(ValueError, match="plain folder name"):
+            full_cfg.checkpoints(bad, **RECIPE)
+
+
+def test_rerunning_the_cell_resumes_and_ends_where_an_uninterrupted_run_ends(full_cfg, capsys):
+    # time_budget_s=0 stops after epoch 1 of 2: the state a disconnect after the first epoch leaves behind
+    _, stopped = _tiny_fit(full_cfg, budget=0, **full_cfg.checkpoints("tiny", **RECIPE))
+    assert stopped.epochs == 1 and stopped.stopped_early
+
+    kwargs = full_cfg.checkpoints("tiny", **RECIPE)
+    assert capsys.readouterr().out == (
+        f"resuming tiny from {Path('runs/checkpoints/tiny/last.pt')} (epoch 1 of 2); "
+        "delete that folder to train from scratch\n"
+    )
+    assert kwargs["resume"] is True
+    resumed_model, resumed = _tiny_fit(full_cfg, **kwargs)
+    whole_model, whole = _tiny_fit(full_cfg)
+    assert resumed.epochs == whole.epochs == 2
+    assert resumed.epoch_time[0] == stopped.epoch_time[0]  # epoch 1 came from last.pt, not from training again
+    np.testing.assert_allclose(resumed.train_loss, whole.train_loss, rtol=1e-6)
+    assert resumed.val[-1].miou == pytest.approx(whole.val[-1].miou)
+    for key, value in whole_model.state_dict().items():
+        torch.testing.assert_close(resumed_model.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_changed_recipe_is_refused_naming_the_folder_and_the_keys(full_cfg, capsys):
+    _tiny_fit(full_cfg, epochs=1, **full_cfg.checkpoints("tiny", **{**RECIPE, "epochs": 1}))
+    folder = Path("runs") / "checkpoints" / "tiny"
+    with pytest.raises(ValueError) as err:
+        full_cfg.checkpoints("tiny", **{**RECIPE, "epochs": 1, "lr": 0.05, "aux_loss": True})
+    message = str(err.value)
+    assert f"delete the folder {folder}" in message
+    assert "lr: 0.1 there, 0.05 here" in message and "aux_loss: unset there, True here" in message
+    assert "epochs" not in message and "width" not in message  # only the keys that differ
+    assert capsys.readouterr().out == ""  # no "resuming" line before a refusal
+    with pytest.raises(ValueError, match="'run' is the checkpoint's name"):
+        full_cfg.checkpoints("tiny", **{**RECIPE, "epochs": 1, "run": "other"})
+    # the same recipe still resumes
+    assert full_cfg.checkpoints("tiny", **{**RECIPE, "epochs": 1})["resume"] is True
+
+
+def test_an_unreadable_last_pt_names_the_folder_to_delete(full_cfg):
+    folder = Path("runs") / "checkpoints" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "last.pt").write_bytes(b"half a file")
+    with pytest.raises(ValueError, match=f"delete the folder {folder}"):
+        full_cfg.checkpoints("tiny", **RECIPE)
