@@ -61,6 +61,8 @@ def build_dataset(
     """Build dataset ``name`` (one of ``DATASETS``) for ``split``; extra keywords go to the dataset class.
 
     For "synthetic", ``split`` picks the seed (train/val/test) and ``num_images`` / ``size`` may be given.
+    ``preload=True`` decodes every camvid/voc image once into memory (``SegmentationDataset.preload``); synthetic
+    scenes are drawn on the fly and ignore it.
     """
     if name == "camvid":
         return CamVid(root, split=split, transforms=transforms, download=download, **kw)
@@ -72,5 +74,6 @@ def build_dataset(
         seed, num_images = _SYNTHETIC_SPLITS[split]
         kw.setdefault("num_images", num_images)
         kw["seed"] = kw.get("seed", 0) * 1000 + seed
+        kw.pop("preload", None)
         return SyntheticScenes(transforms=transforms, **kw)
     raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
