@@ -1,10 +1,14 @@
-"""Data-loading throughput of the CamVid training pipeline per number of DataLoader workers (images/s).
+"""Data-loading throughput of the CamVid training pipeline per number of DataLoader workers (images/s), read from
+disk and preloaded into memory.
 
-The pipeline is what training uses: ``seglearn.data.CamVid(split="train")`` read from disk (PNG decode) with
+The pipeline is what training uses: ``seglearn.data.CamVid(split="train")`` with
 ``seglearn.data.train_transforms(crop)`` (random scale 0.5-2, crop 360x480 with ignore padding, flip, normalize),
-batched by a ``torch.utils.data.DataLoader`` (shuffled, pinned on CUDA hosts). Real CamVid comes from
-``seglearn.data.locate_dataset("camvid")`` (``$SEGLEARN_DATA``, ``data/camvid``, or ``../shared/data/camvid``) or
-``--root``; without it, SyntheticScenes images (drawn on the fly, a different cost) stand in and the output says so.
+batched by a ``torch.utils.data.DataLoader`` (shuffled, pinned on CUDA hosts), once decoding each PNG on every read
+("from disk") and once from ``CamVid(..., preload=True)`` (decoded once in the main process, shared with forked
+workers: ``seglearn train --preload``), so the ratio column is what preloading buys per worker count. Real CamVid
+comes from ``seglearn.data.locate_dataset("camvid")`` (``$SEGLEARN_DATA``, ``data/camvid``, or
+``../shared/data/camvid``) or ``--root``; without it, SyntheticScenes images (drawn on the fly, a different cost,
+nothing to preload) stand in and the output says so.
 
 For each worker count the first ``--warmup`` batches (worker start-up, first reads) are not timed, then
 ``--batches`` batches are (workers prefetch ``2 x workers`` batches during the warm-up, so keep ``--batches`` well
@@ -14,11 +18,13 @@ shows what they cost there on a busy CPU. Compare images/s with the training thr
 
     python benchmarks/data_throughput.py                        # workers 0, 1, 2
     python benchmarks/data_throughput.py --max-workers 8 --batches 40
+    python benchmarks/data_throughput.py --no-preload           # from disk only
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +34,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seglearn.data import CamVid, SyntheticScenes, locate_dataset, train_transforms
+
+# Both columns fork their workers (as `seglearn train --preload` does), so they differ only in where images come from.
+CONTEXT = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
 def training_dataset(
@@ -55,6 +64,7 @@ def loader_throughput(dataset: Dataset, workers: int, batch_size: int, batches: 
         pin_memory=torch.cuda.is_available(),
         drop_last=True,
         generator=torch.Generator().manual_seed(0),
+        multiprocessing_context=CONTEXT if workers > 0 else None,
     )
     it = iter(loader)
     start = time.perf_counter()
@@ -77,10 +87,17 @@ def loader_throughput(dataset: Dataset, workers: int, batch_size: int, batches: 
 
 
 def table(records: list[dict[str, Any]]) -> str:
-    lines = ["| workers | images/s | s per batch | start-up + warm-up s |", "|---:|---:|---:|---:|"]
+    lines = [
+        "| workers | images/s from disk | images/s preloaded | ratio | s per batch from disk | start-up + warm-up s |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in records:
         per_batch = r["seconds"] / (r["images"] / r["shape"][0])
-        lines.append(f"| {r['workers']} | {r['images_per_s']:.1f} | {per_batch:.3f} | {r['startup_s']:.2f} |")
+        pre = r.get("preloaded_images_per_s")
+        pre_s, ratio = ("-", "-") if pre is None else (f"{pre:.1f}", f"{r['ratio']:.2f}x")
+        lines.append(
+            f"| {r['workers']} | {r['images_per_s']:.1f} | {pre_s} | {ratio} | {per_batch:.3f} | {r['startup_s']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -93,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first (worker start-up)")
     p.add_argument("--root", default=None, help="CamVid folder (default: seglearn.data.locate_dataset)")
     p.add_argument("--synthetic", action="store_true", help="use SyntheticScenes even when CamVid is present")
+    p.add_argument("--no-preload", action="store_true", help="time reading from disk only (no preloaded column)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the main process")
     args = p.parse_args(argv)
     if args.max_workers < 0 or args.batch < 1 or args.batches < 1 or args.warmup < 0 or min(args.crop) < 1:
@@ -101,7 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None, out: Callable[[str], Any] = print) -> list[dict[str, Any]]:
-    """Measure each worker count, print a markdown table through ``out``; returns one record per worker count."""
+    """Measure each worker count from disk and preloaded, print a markdown table through ``out``; returns one record
+    per worker count (``images_per_s`` from disk; ``preloaded_images_per_s`` and ``ratio``, None without preload)."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,9 +133,27 @@ def main(argv: list[str] | None = None, out: Callable[[str], Any] = print) -> li
         f"data: {source}, {len(dataset)} images; train_transforms(crop={crop}), batch {args.batch}, "
         f"{args.batches} timed batches after {args.warmup}; {torch.get_num_threads()} torch threads"
     )
+    preloaded, preload = None, {"preload_s": None, "preload_mib": None}
+    if not args.no_preload and hasattr(dataset, "preload"):
+        preloaded = training_dataset(crop, args.root)[0]
+        t0 = time.perf_counter()
+        preloaded.preload()
+        preload = {"preload_s": time.perf_counter() - t0, "preload_mib": preloaded.preloaded_bytes / 2**20}
+        out(
+            f"preload: {len(preloaded)} images decoded once in {preload['preload_s']:.2f} s, "
+            f"{preload['preload_mib']:.0f} MiB in memory"
+        )
+    elif not args.no_preload:
+        out("preload: not applicable (SyntheticScenes draws each scene on the fly)")
     records = []
     for workers in range(args.max_workers + 1):
         record = loader_throughput(dataset, workers, args.batch, args.batches, args.warmup)
+        record.update(preloaded_images_per_s=None, ratio=None, **preload)
+        if preloaded is not None:
+            fast = loader_throughput(preloaded, workers, args.batch, args.batches, args.warmup)
+            record.update(
+                preloaded_images_per_s=fast["images_per_s"], ratio=fast["images_per_s"] / record["images_per_s"]
+            )
         records.append({"source": source, "crop": crop, "batch": args.batch, **record})
     out(table(records))
     return records

@@ -122,12 +122,22 @@ def test_train_throughput_rejects_batch_of_one(train_bench, capsys):
     assert "--batch must be >= 2" in capsys.readouterr().err
 
 
-def _check_data_records(records, text, crop=(32, 32)):
+def _check_data_records(records, text, crop=(32, 32), preloaded=True):
     assert [r["workers"] for r in records] == [0, 1]
     for r in records:
         assert r["images"] == 2 and r["shape"] == (2, 3, *crop) and r["crop"] == crop
         assert math.isfinite(r["images_per_s"]) and r["images_per_s"] > 0
-        assert f"| {r['workers']} | {r['images_per_s']:.1f} |" in text
+        if preloaded:
+            assert math.isfinite(r["preloaded_images_per_s"]) and r["preloaded_images_per_s"] > 0
+            assert r["ratio"] == pytest.approx(r["preloaded_images_per_s"] / r["images_per_s"])
+            row = (
+                f"| {r['workers']} | {r['images_per_s']:.1f} | {r['preloaded_images_per_s']:.1f} | {r['ratio']:.2f}x |"
+            )
+        else:
+            assert r["preloaded_images_per_s"] is None and r["ratio"] is None and r["preload_s"] is None
+            row = f"| {r['workers']} | {r['images_per_s']:.1f} | - | - |"
+        assert row in text
+    assert "| workers | images/s from disk | images/s preloaded | ratio |" in text
 
 
 DATA_ARGV = ["--max-workers", "1", "--batches", "1", "--warmup", "0", "--batch", "2", "--crop", "32", "32"]
@@ -138,14 +148,39 @@ def test_data_throughput_falls_back_to_synthetic(data_bench, monkeypatch):
     lines: list[str] = []
     records = data_bench.main(DATA_ARGV, out=lines.append)
     text = "\n".join(lines)
-    _check_data_records(records, text)
+    _check_data_records(records, text, preloaded=False)  # scenes are drawn on the fly: nothing to preload
     assert all("no CamVid" in r["source"] for r in records) and "SyntheticScenes" in text
+    assert "preload: not applicable" in text
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "camvid" / "train").is_dir(), reason="shared CamVid not present")
-def test_data_throughput_reads_real_camvid(data_bench):
+def test_data_throughput_reads_real_camvid_from_disk_and_preloaded(data_bench):
     lines: list[str] = []
     records = data_bench.main([*DATA_ARGV, "--root", str(SHARED_DATA / "camvid")], out=lines.append)
     text = "\n".join(lines)
     _check_data_records(records, text)
     assert all(r["source"].startswith("CamVid train") for r in records) and "367 images" in text
+    # CamVid train: 367 images of 360x480, 3 bytes of RGB and 1 of label per pixel.
+    assert all(r["preload_mib"] == pytest.approx(367 * 360 * 480 * 4 / 2**20) for r in records)
+    assert records[0]["preload_s"] > 0 and f"{records[0]['preload_mib']:.0f} MiB in memory" in text
+
+
+def test_data_throughput_tiny_camvid_with_and_without_preload(data_bench, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "camvid"
+    for folder in ("train", "trainannot"):
+        (root / folder).mkdir(parents=True)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(root / "train" / "a.png")
+    Image.fromarray(np.full((20, 30), 3, np.uint8)).save(root / "trainannot" / "a.png")
+    lines: list[str] = []
+    records = data_bench.main([*DATA_ARGV, "--root", str(root)], out=lines.append)
+    _check_data_records(records, "\n".join(lines))
+    assert all(r["preload_mib"] == pytest.approx(20 * 30 * 4 / 2**20) for r in records)
+    assert "preload: 1 images decoded once in" in lines[1]
+    lines.clear()
+    records = data_bench.main([*DATA_ARGV, "--root", str(root), "--no-preload"], out=lines.append)
+    text = "\n".join(lines)
+    _check_data_records(records, text, preloaded=False)
+    assert "1 images" in text and "preload:" not in text
