@@ -209,6 +209,69 @@ def test_resume_with_another_model_is_refused(run_dir, tmp_path, capsys):
     assert "model config" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------- --preload
+
+
+def _fake_camvid(root: Path, n_train: int = 8, n_val: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for folder in (root / split, root / f"{split}annot"):
+            folder.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (36, 48, 3), dtype=np.uint8)).save(root / split / f"f{i}.png")
+            Image.fromarray(rng.integers(0, 12, (36, 48), dtype=np.uint8)).save(root / f"{split}annot" / f"f{i}.png")
+    return root
+
+
+def test_train_preload_decodes_each_image_once_and_records_the_option(tmp_path, monkeypatch):
+    import seglearn.data.base as base
+
+    root = _fake_camvid(tmp_path / "camvid")
+    decoded: list[Path] = []
+    read_image = base.read_image
+    monkeypatch.setattr(base, "read_image", lambda path: decoded.append(Path(path)) or read_image(path))
+    argv = ["train", "--model", "tinyfcn", "--dataset", "camvid", "--root", str(root), "--crop", "32", "48"]
+    argv += ["--batch-size", "4", "--workers", "0", "--device", "cpu", "--epochs", "2", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--preload"]) == 0
+    # 2 epochs of 8 train images, 2 val passes and the final score of 4 val images: each file decoded once.
+    assert sorted(decoded) == sorted([*(root / "train").iterdir(), *(root / "val").iterdir()])
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["command"].endswith(" --preload") and (run["train_images"], run["val_images"]) == (8, 4)
+
+
+def test_preloaded_datasets_get_forked_workers():
+    from argparse import Namespace
+
+    from seglearn.cli import _loader
+    from seglearn.data import SyntheticScenes
+
+    class Preloaded(SyntheticScenes):
+        preloaded = True
+
+    args = Namespace(batch_size=2, workers=2, seed=0)
+    loader = _loader(Preloaded(4, size=(8, 8)), args, train=True)
+    assert loader.multiprocessing_context.get_start_method() == "fork"  # workers share the arrays, no pickled copies
+    assert _loader(SyntheticScenes(4, size=(8, 8)), args, train=True).multiprocessing_context is None
+    assert _loader(Preloaded(4, size=(8, 8)), Namespace(batch_size=2, workers=0, seed=0), train=False).num_workers == 0
+
+
+def test_preload_finds_a_bad_mask_before_training(tmp_path, capsys):
+    root = _fake_camvid(tmp_path / "camvid", n_train=2, n_val=1)
+    Image.fromarray(np.full((36, 48), 40, np.uint8)).save(root / "trainannot" / "f1.png")
+    argv = ["train", "--model", "tinyfcn", "--dataset", "camvid", "--root", str(root), "--preload"]
+    assert _exit_code([*argv, "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "trainannot/f1.png has values [40]" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_synthetic_accepts_preload_and_ignores_it(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out), "--preload"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"].endswith(" --preload") and run["dataset"] == "synthetic" and run["train_images"] == 12
+
+
 # ---------------------------------------------------------------- download and demo
 
 
