@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import multiprocessing
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -51,8 +51,7 @@ def _datasets(args: argparse.Namespace, crop: tuple[int, int] | None, splits: Se
         kw: dict[str, Any] = {"preload": getattr(args, "preload", False)}  # synthetic ignores it
         if args.dataset == "synthetic":
             n = args.num_images if split == "train" else max(4, args.num_images // 4)
-            size = args.image_size or crop or SYNTHETIC_SIZE
-            kw.update(num_images=n, size=_crop(size, "--image-size"))
+            kw.update(num_images=n, size=_crop(args.image_size or crop or SYNTHETIC_SIZE, "--image-size"))
         try:
             out.append(data.build_dataset(args.dataset, split, root=args.root, transforms=tf, **kw))
         except (OSError, ValueError, RuntimeError) as err:  # a missing folder, or a bad file found by --preload
@@ -62,8 +61,7 @@ def _datasets(args: argparse.Namespace, crop: tuple[int, int] | None, splits: Se
 
 def _loader(ds: Dataset, args: argparse.Namespace, train: bool) -> DataLoader:
     sampler = D.train_sampler(ds, seed=args.seed) if train else D.eval_sampler(ds)
-    # Forked workers share a preloaded dataset's arrays; spawn/forkserver would pickle a copy into each worker.
-    fork = getattr(ds, "preloaded", False) and args.workers > 0 and "fork" in multiprocessing.get_all_start_methods()
+    fork = getattr(ds, "preloaded", False) and args.workers > 0 and "fork" in mp.get_all_start_methods()
     return DataLoader(
         ds,
         batch_size=args.batch_size,
@@ -73,7 +71,7 @@ def _loader(ds: Dataset, args: argparse.Namespace, train: bool) -> DataLoader:
         num_workers=args.workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=args.workers > 0,
-        multiprocessing_context="fork" if fork else None,
+        multiprocessing_context="fork" if fork else None,  # shares a preloaded dataset (spawn: a copy per worker)
     )
 
 
@@ -226,8 +224,7 @@ def train_job(args: argparse.Namespace, *, model_name: str, out: Path, quiet: bo
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    out = Path(args.out or f"runs/{args.model}")
-    train_job(args, model_name=args.model, out=out)
+    train_job(args, model_name=args.model, out=Path(args.out or f"runs/{args.model}"))
     return 0
 
 
@@ -348,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun")
     p.add_argument("--preload", action="store_true",
                    help="decode every image once into RAM before training (CamVid: about 250 MB) so DataLoader "
-                   "workers only augment; same data, faster loading (camvid, voc; synthetic ignores it)")  # fmt: skip
+                   "workers only augment; same data, faster loading (synthetic: no-op)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 
