@@ -1,12 +1,17 @@
-"""The FULL-mode results table (benchmarks/full_results.py): its roster, training rows, the README table."""
+"""The FULL-mode results table (benchmarks/full_results.py): its roster, training rows (several at once, in parts
+under a deadline, resumed exactly), the README table and the tarball of results."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import re
 import shlex
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,23 +61,130 @@ def test_full_rows_train_as_long_as_their_chapter(full_bench, row, chapter):
     assert recipe.lr in [float(x) for x in lrs], lrs
 
 
-def test_full_results_trains_a_row_and_writes_it_into_the_readme(full_bench, tmp_path, capsys):
-    out = tmp_path / "runs"
-    tiny = ["--", "--dataset", "synthetic", "--num-images", "8", "--crop", "32", "48", "--batch-size", "4"]
-    tiny += ["--device", "cpu"]
-    argv = ["--rows", "tinyfcn", "--out", str(out), "--chapters", str(tmp_path / "none"), "--epochs", "1"]
-    argv += ["--workers", "0", *tiny]
-    markdown = full_bench.main(argv)
+# Every row trains the same tiny job: 48 synthetic images (an epoch of tinyfcn takes >0.15 s on one CPU thread, so a
+# 0.05 s budget stops it after its first epoch), 3 epochs (--epochs 3), no DataLoader workers (--workers 0).
+TINY = ["--dataset", "synthetic", "--num-images", "48", "--crop", "32", "48", "--batch-size", "4", "--device", "cpu"]
+BUDGET = 0.05  # --stop-after S --margin S-0.05: rows started at once get a budget just under 0.05 s
+
+
+def _main(full_bench, argv: list[str]) -> tuple[str, str | None]:
+    """Run ``main`` and return (stdout, the SystemExit message or None)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            full_bench.main(argv)
+        except SystemExit as err:
+            return out.getvalue(), str(err.code)
+    return out.getvalue(), None
+
+
+@pytest.fixture(scope="module")
+def parts(full_bench, tmp_path_factory):
+    """Two invocations on one --out, as in a GPU session of 10-minute calls (4 subprocesses in all):
+
+    1. tinyfcn and unet at once under --stop-after with a budget below one epoch: tinyfcn stops after epoch 1; unet's
+       folder holds a bad checkpoint, so it fails (exit 2). --pack runs all the same.
+    2. tinyfcn and segnet-basic at once, no deadline: tinyfcn resumes and finishes, segnet-basic trains in one part.
+    """
+    root = tmp_path_factory.mktemp("full")
+    out, chapters = root / "runs" / "full", root / "notebooks" / "runs" / "chapters"
+    (out / "unet" / "checkpoints").mkdir(parents=True)
+    torch.save({"epoch": 1}, out / "unet" / "checkpoints" / "last.pt")
+    common = ["--out", str(out), "--chapters", str(chapters), "--epochs", "3", "--workers", "0"]
+    first = ["--rows", "tinyfcn", "unet", "--jobs", "2", *common, "--stop-after", "1000"]
+    first += ["--margin", str(1000 - BUDGET), "--min-budget", "0.001", "--pack", str(root / "first.tgz")]
+    first += ["--pack-root", str(root), "--", *TINY]
+    log1, error1 = _main(full_bench, first)
+    run1 = json.loads((out / "tinyfcn" / "run.json").read_text())
+    names1 = tarfile.open(root / "first.tgz").getnames()
+    second = ["--rows", "tinyfcn", "segnet-basic", "--jobs", "2", *common, "--", *TINY]
+    log2, error2 = _main(full_bench, second)
+    return {"root": root, "out": out, "chapters": chapters, "common": common, "log1": log1, "error1": error1,
+            "run1": run1, "names1": names1, "log2": log2, "error2": error2}  # fmt: skip
+
+
+def _canonical(full_bench, row: str, out: Path, workers: int = 0, extra: list[str] = TINY) -> str:
+    recipe = next(r for r in full_bench.ROSTER if r.row == row)
+    return shlex.join(full_bench.command(recipe, out, epochs=3, workers=workers, extra=extra))
+
+
+def test_rows_run_at_once_and_a_failing_row_does_not_stop_the_others(full_bench, parts):
+    log1, error1 = parts["log1"], parts["error1"]
+    # both started before either ended (--jobs 2), then each reported on its own line
+    assert max(log1.index("tinyfcn: part 1: python -m seglearn"), log1.index("unet: part 1: python -m seglearn")) < \
+        log1.index("tinyfcn: stopped early")  # fmt: skip
+    assert re.search(r"unet failed \(exit 2\); \S+train\.log ends with:\n[\s\S]*not a seglearn training checkpoint",
+                     error1)  # fmt: skip
+    assert "tinyfcn" not in error1 and not (parts["out"] / "unet" / "run.json").exists()  # only the failed row named
+    assert "runs/full/tinyfcn/run.json" in parts["names1"]  # the tarball came back although a row failed
+    # the second invocation: two rows at once, both finish, exit 0
+    log2 = parts["log2"]
+    assert parts["error2"] is None and "tinyfcn: mIoU" in log2 and "segnet-basic: mIoU" in log2
+    assert max(log2.index("tinyfcn: part 2:"), log2.index("segnet-basic: part 1:")) < \
+        min(log2.index("tinyfcn: mIoU"), log2.index("segnet-basic: mIoU"))  # fmt: skip
+    run = json.loads((parts["out"] / "segnet-basic" / "run.json").read_text())
+    canonical = _canonical(full_bench, "segnet-basic", parts["out"])
+    assert run["epochs"] == 3 and run["parts"] == 1 and run["command"] == run["row_command"] == canonical
+
+
+def test_stop_after_stops_a_row_after_its_first_epoch(full_bench, parts):
+    run = parts["run1"]
+    assert run["stopped_early"] and run["epochs"] == 1 and run["row_epochs"] == 3 and run["parts"] == 1
+    budget = float(shlex.split(run["command"])[-1])
+    assert shlex.split(run["command"])[-2] == "--time-budget" and 0 < budget <= BUDGET
+    assert "tinyfcn: stopped early at 1/3 epochs" in parts["log1"]
+    assert "in progress: tinyfcn (1/3 epochs)" in parts["log1"]  # the table lists no unfinished row as a result
+
+
+def test_the_next_invocation_resumes_the_row_to_its_last_epoch(full_bench, parts):
+    out = parts["out"]
     run = json.loads((out / "tinyfcn" / "run.json").read_text())
-    assert run["command"] == shlex.join(full_bench.command(full_bench.ROSTER[0], out, epochs=1, workers=0,
-                                                           extra=tiny[1:]))  # fmt: skip
+    history = json.loads((out / "tinyfcn" / "history.json").read_text())
+    canonical = _canonical(full_bench, "tinyfcn", out)
+    assert run["epochs"] == 3 and not run["stopped_early"] and len(history["train_loss"]) == 3
+    assert run["parts"] == 2 and run["resumed"] == 1 and run["row_command"] == canonical
+    assert run["command"] == f"{canonical} --resume"  # what seglearn train saw in the last part
+    assert run["part_commands"] == [parts["run1"]["command"], f"{canonical} --resume"]
+    assert run["wall_s"] == pytest.approx(sum(history["epoch_time"]))  # both parts' epochs
+    assert run["images_per_s"] == pytest.approx(sum(history["train_images"]) / sum(history["train_time"]))
+    assert sum(history["train_images"]) == 3 * 48
+    log = (out / "tinyfcn" / "train.log").read_text()
+    assert log.count("=== part ") == 2 and f"=== part 2: {canonical} --resume\n" in log
+    assert f"tinyfcn: part 2: {canonical} --resume" in parts["log2"]
+
+
+def test_a_checkpoint_without_run_json_is_resumed_with_its_first_command(full_bench, tmp_path):
+    # a part killed mid-epoch: its last epoch's checkpoint, the runner's notes, no run.json
+    recipe = next(r for r in full_bench.ROSTER if r.row == "segnet")
+    folder, first = tmp_path / "segnet", _canonical(full_bench, "segnet", tmp_path, workers=8)
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.pt").write_bytes(b"")
+    notes = {"row_command": first, "row_epochs": 3, "parts": 1, "part_commands": [f"{first} --time-budget 480.00"]}
+    (folder / full_bench.NOTES).write_text(json.dumps(notes))
+    canonical = full_bench.command(recipe, tmp_path, epochs=3, workers=2, extra=TINY)
+    job = full_bench._plan(recipe, folder, canonical)  # --workers 2 today: the run keeps its 8, so resume is exact
+    assert job.argv == [*shlex.split(first), "--resume"] and job.notes == notes
+    (folder / full_bench.NOTES).unlink()  # no notes either (a run of an older runner): today's command resumes
+    assert full_bench._plan(recipe, folder, canonical).argv == [*canonical, "--resume"]
+
+
+def test_the_table_shows_finished_rows_with_their_canonical_command(full_bench, parts, tmp_path, capsys):
+    out = parts["out"]
+    markdown = full_bench.main(["--table", "--rows", "tinyfcn", "segnet-basic", "unet", "--out", str(out),
+                                "--chapters", "-"])  # fmt: skip
+    run = json.loads((out / "tinyfcn" / "run.json").read_text())
     row = next(line for line in markdown.splitlines() if line.startswith("| tinyfcn |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2] == f"{100 * run['miou']:.1f}" and cells[3] == f"{100 * run['pixel_acc']:.1f}" and cells[4] == "1"
-    assert "from scratch" in cells[1] and cells[8].startswith("CPU (") and cells[9] == f"`{run['command']}`"
+    assert cells[2] == f"{100 * run['miou']:.1f}" and cells[3] == f"{100 * run['pixel_acc']:.1f}" and cells[4] == "3"
+    assert cells[5].endswith(" s (2 parts)") and cells[6] == f"{run['images_per_s']:.0f}"
+    assert "from scratch" in cells[1] and cells[8].startswith("CPU (") and cells[9] == f"`{run['row_command']}`"
+    assert "--resume" not in markdown and "--time-budget" not in markdown
+    assert len(markdown.splitlines()) == 4 and "in progress" not in markdown  # unet never wrote a run.json
 
-    assert full_bench.main(argv) == markdown.replace(row, row)  # finished rows are not trained again
-    assert "done already" in capsys.readouterr().out
+    # finished rows are not trained again
+    argv = ["--rows", "tinyfcn", *parts["common"], "--", *TINY]
+    assert full_bench.main(argv) == markdown.split("\n| segnet-basic")[0]
+    assert "tinyfcn: done already" in capsys.readouterr().out
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{full_bench.BEGIN}\nold table\n{full_bench.END}\noutro\n")
@@ -84,11 +196,98 @@ def test_full_results_trains_a_row_and_writes_it_into_the_readme(full_bench, tmp
         full_bench.main(["--table", "--update-readme", "--readme", str(readme), "--out", str(out)])
 
 
-def test_a_failing_row_stops_with_its_log(full_bench, tmp_path):
-    argv = ["--rows", "segnet", "--out", str(tmp_path), "--workers", "0", "--", "--model-arg", "nonsense"]
-    with pytest.raises(SystemExit, match=r"segnet failed \(exit 2\)[\s\S]*--model-arg takes KEY=VALUE"):
-        full_bench.main(argv)
-    assert not (tmp_path / "segnet" / "run.json").exists()
+def test_pack_takes_the_small_result_files_alone_or_after_training(full_bench, parts, tmp_path):
+    from seglearn.record import save_chapter_record
+
+    root, out, chapters = parts["root"], parts["out"], parts["chapters"]
+    run = json.loads((out / "tinyfcn" / "run.json").read_text())
+    save_chapter_record({**run, "name": "05_deeplabv3_FULL", "row": "deeplabv3", "mode": "FULL", "data": "camvid"},
+                        chapters)  # fmt: skip
+    save_chapter_record({"name": "05_deeplabv3_QUICK", "row": "deeplabv3", "mode": "QUICK"}, chapters)
+    assert (out / "tinyfcn" / "model.pt").is_file() and (out / "tinyfcn" / "checkpoints" / "last.pt").is_file()
+    tgz = tmp_path / "back" / "rows.tgz"
+    stdout, error = _main(full_bench, ["--pack", str(tgz), "--out", str(out), "--chapters", str(chapters),
+                                       "--pack-root", str(root)])  # fmt: skip
+    assert error is None and "part 1" not in stdout  # no --rows: nothing trains
+    assert f"into {tgz} ({tgz.stat().st_size / 1024:.1f} KiB)" in stdout
+    names = tarfile.open(tgz).getnames()
+    expected = {f"runs/full/{row}/{name}" for row in ("tinyfcn", "segnet-basic") for name in full_bench.RESULT_FILES}
+    assert set(names) == expected | {"runs/full/unet/train.log", "notebooks/runs/chapters/05_deeplabv3_FULL.json"}
+    assert not any(n.endswith(".pt") or "checkpoints" in n for n in names)
+    with tarfile.open(tgz) as tar:  # unpacked into another checkout, it restores the same files
+        tar.extractall(tmp_path / "checkout", filter="data")
+    restored = tmp_path / "checkout" / "runs" / "full" / "tinyfcn" / "run.json"
+    assert restored.read_text() == (out / "tinyfcn" / "run.json").read_text()
+    with pytest.raises(SystemExit, match="--pack-root"):  # a file outside the root would unpack somewhere else
+        full_bench.main(["--pack", str(tgz), "--out", str(out), "--chapters", "-", "--pack-root", str(tmp_path)])
+
+
+def test_a_row_still_running_at_the_deadline_is_stopped_and_force_starts_afresh(full_bench, parts):
+    out = parts["out"]  # unet's folder holds the bad checkpoint and the log of its failed part
+    argv = ["--rows", "unet", "--force", *parts["common"], "--stop-after", "2", "--margin", "0", "--min-budget", "0"]
+    t0 = time.monotonic()
+    stdout, error = _main(full_bench, [*argv, "--", *TINY])
+    assert error is None and time.monotonic() - t0 < 15  # stopped at 2 s (SIGTERM), not after its 3 epochs
+    assert "unet: stopped at the --stop-after deadline" in stdout
+    assert "--resume" not in stdout and not (out / "unet" / "checkpoints" / "last.pt").exists()  # --force wiped it
+    assert (out / "unet" / "train.log").read_text().count("=== part ") == 1
+    assert not (out / "unet" / "run.json").exists()
+
+
+def test_rows_wait_for_the_next_invocation_when_too_little_time_is_left(full_bench, tmp_path):
+    argv = ["--rows", "segnet", "--out", str(tmp_path), "--stop-after", "100", "--margin", "90", "--min-budget", "20"]
+    stdout, error = _main(full_bench, argv)
+    assert error is None and "segnet: not started, 100 s left" in stdout and not (tmp_path / "segnet").exists()
+
+
+def test_budget_arithmetic_and_what_counts_as_finished(full_bench):
+    assert full_bench.time_budget(540.0, 60.0, 30.0) == 480.0
+    assert full_bench.time_budget(80.0, 60.0, 30.0) is None  # 20 s to train: wait for the next call
+    assert full_bench.time_budget(90.0, 60.0, 30.0) == 30.0 and full_bench.time_budget(-1.0, -9.0, 0.0) is None
+    cmd = "python -m seglearn train --model unet --epochs 80 --workers 8 --out runs/full/unet"
+    assert full_bench.target_epochs({"command": cmd}) == 80
+    assert full_bench.target_epochs({"command": cmd, "row_epochs": 3}) == 3
+    assert full_bench.target_epochs({"command": "jupyter nbconvert ..."}) is None
+    assert full_bench.is_finished({"command": cmd, "epochs": 80, "stopped_early": False})
+    assert not full_bench.is_finished({"command": cmd, "epochs": 79, "stopped_early": False})
+    assert not full_bench.is_finished({"command": cmd, "epochs": 80, "stopped_early": True})
+    assert full_bench.is_finished({"command": "jupyter nbconvert ...", "epochs": 2})  # a chapter record
+    assert full_bench.same_run(cmd, cmd.replace("--workers 8", "--workers 2") + " --resume --time-budget 412.5")
+    assert not full_bench.same_run(cmd, cmd.replace("--epochs 80", "--epochs 20"))
+
+
+def test_an_unfinished_run_of_another_command_is_not_resumed(full_bench, tmp_path):
+    recipe = next(r for r in full_bench.ROSTER if r.row == "unet")
+    folder = tmp_path / "unet"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.pt").write_bytes(b"")
+    run = {"epochs": 5, "stopped_early": True, "row_epochs": 20,
+           "row_command": shlex.join(full_bench.command(recipe, tmp_path, epochs=20, workers=0))}  # fmt: skip
+    (folder / "run.json").write_text(json.dumps(run))
+    argv = ["--rows", "unet", "--out", str(tmp_path), "--workers", "0", "--chapters", "-"]
+    stdout, error = _main(full_bench, argv)  # 80 epochs would change its schedule: not the same run
+    assert "unet: " in error and "holds an unfinished run of another command" in error and "--force" in error
+    assert "part 1" not in stdout and "in progress: unet (5/20 epochs)" in stdout
+
+
+def test_an_unfinished_run_without_its_checkpoint_starts_again(full_bench, tmp_path, capsys):
+    recipe = next(r for r in full_bench.ROSTER if r.row == "segnet")
+    canonical = full_bench.command(recipe, tmp_path, epochs=3, workers=0)
+    (tmp_path / "segnet").mkdir()
+    (tmp_path / "segnet" / "run.json").write_text(json.dumps({"epochs": 1, "stopped_early": True, "row_epochs": 3,
+                                                             "row_command": shlex.join(canonical)}))  # fmt: skip
+    job = full_bench._plan(recipe, tmp_path / "segnet", canonical)  # e.g. a tarball unpacked on a fresh machine
+    assert job.argv == canonical and "--resume" not in job.argv and not (tmp_path / "segnet").exists()
+    assert "has no checkpoint; training it from the start" in capsys.readouterr().out
+
+
+def test_workers_per_run_default_to_the_cores_shared_by_the_jobs(full_bench, monkeypatch):
+    def workers(argv):
+        return {int(line.split("--workers ")[1].split()[0]) for line in full_bench.main(argv).splitlines()}
+
+    monkeypatch.setattr(full_bench.os, "cpu_count", lambda: 16)
+    assert workers(["--list"]) == {8} and workers(["--list", "--jobs", "4"]) == {4}
+    assert workers(["--list", "--jobs", "32"]) == {1} and workers(["--list", "--jobs", "4", "--workers", "6"]) == {6}
 
 
 def test_a_full_chapter_record_takes_its_rows_place(full_bench, tmp_path):
