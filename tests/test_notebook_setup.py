@@ -171,6 +171,7 @@ def test_full_uses_all_of_camvid_at_full_size(monkeypatch, shared_camvid_only):
     cfg = setup_notebook(device="cpu", quiet=True)
     train, val, info = cfg.camvid_loaders(crop=(256, 320), batch_size=2, workers=0)
     assert info.source == "camvid" and (info.train_size, info.val_size) == (367, 101)
+    assert train.dataset.preloaded and val.dataset.preloaded  # FULL decodes each PNG once, not once per epoch
     assert next(iter(train))[0].shape == (2, 3, 256, 320)
     images, masks = next(iter(val))
     assert images.shape == (2, 3, 360, 480) and masks.shape == (2, 360, 480)
