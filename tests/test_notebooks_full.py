@@ -3,7 +3,8 @@
 CI runs the chapters in QUICK mode (nbval); FULL mode needs a GPU and real CamVid, so its code paths (360x480 frames,
 paper-sized models, from-scratch backbones, the ``full=`` side of every ``cfg.pick``) would otherwise first run on a
 scarce GPU. Here each chapter runs unchanged in FULL mode after ONE injected cell that caps the amount of work by
-wrapping library functions: fewer images and epochs, never smaller frames or models.
+wrapping library functions: fewer images and epochs, never smaller frames or models. Every FULL training run must
+leave runs/checkpoints/<name>/last.pt, and one chapter executed twice in the same folder must resume from it.
 """
 
 from __future__ import annotations
@@ -176,8 +177,32 @@ FULL_MARKERS = {
 }
 
 
-def _run_in_full_mode(path: Path, full_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Execute the chapter in FULL mode behind SMOKE_CELL; check it finished and took the FULL branches."""
+def _execute(path: Path, full_env: dict[str, Path], workdir: Path, tag: str = "") -> tuple[str, list[dict]]:
+    """Execute the chapter in FULL mode behind SMOKE_CELL in ``workdir``; return its text output and smoke reports."""
+    nb = nbformat.read(path, as_version=4)
+    first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    log = workdir / f"{path.stem}{tag}.smoke.jsonl"
+    nb.cells.insert(first_code, nbformat.v4.new_code_cell(SMOKE_CELL.replace("SMOKE_LOG_PATH", repr(str(log)))))
+    client = nbclient.NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    )
+    start = time.perf_counter()
+    try:
+        client.execute()  # raises CellExecutionError with the failing cell and its traceback
+    finally:
+        nbformat.write(nb, workdir / f"{path.stem}{tag}.executed.ipynb")  # to read when an assertion fails
+    seconds = time.perf_counter() - start
+    print(f"{path.stem}{tag}: FULL smoke run in {seconds:.0f} s; slowest cells: {_slowest_cells(nb, first_code)}")
+    reports = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    return _outputs_text(nb), reports
+
+
+def _run_in_full_mode(
+    path: Path, full_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch, keep_checkpoints: bool = False,
+    **extra_env: str,
+) -> str:  # fmt: skip
+    """Execute the chapter in FULL mode behind SMOKE_CELL; check it finished, took the FULL branches, saved its
+    records and left a checkpoint of every training run (deleted afterwards unless ``keep_checkpoints``)."""
     env = {
         "SEGLEARN_MODE": "FULL",
         "SEGLEARN_PRETRAINED": "0",  # no internet: backbones from scratch
@@ -187,29 +212,15 @@ def _run_in_full_mode(path: Path, full_env: dict[str, Path], monkeypatch: pytest
         "MPLBACKEND": "Agg",
         "OMP_NUM_THREADS": "1",
         "NO_ALBUMENTATIONS_UPDATE": "1",
+        **extra_env,
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
+    workdir = full_env["workdir"]
+    text, reports = _execute(path, full_env, workdir)
 
-    nb = nbformat.read(path, as_version=4)
-    first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
-    log = full_env["workdir"] / f"{path.stem}.smoke.jsonl"
-    nb.cells.insert(first_code, nbformat.v4.new_code_cell(SMOKE_CELL.replace("SMOKE_LOG_PATH", repr(str(log)))))
-    client = nbclient.NotebookClient(
-        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(full_env["workdir"])}}
-    )
-    start = time.perf_counter()
-    try:
-        client.execute()  # raises CellExecutionError with the failing cell and its traceback
-    finally:
-        nbformat.write(nb, full_env["workdir"] / f"{path.stem}.executed.ipynb")  # to read when an assertion fails
-    seconds = time.perf_counter() - start
-    print(f"{path.stem}: FULL smoke run in {seconds:.0f} s; slowest cells: {_slowest_cells(nb, first_code)}")
-
-    text = _outputs_text(nb)
     assert "mode: FULL" in text
     assert "backbones: from scratch" in text
-    reports = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     loaders = [r for r in reports if r["event"] == "loaders"]
     assert loaders, "the chapter built no CamVid loaders through cfg.camvid_loaders"
     for r in loaders:  # FULL: the whole (fake) CamVid, 360x480 train crops, full-size val frames, batches of 8
@@ -222,13 +233,34 @@ def _run_in_full_mode(path: Path, full_env: dict[str, Path], monkeypatch: pytest
     for marker in FULL_MARKERS.get(path.stem, []):
         assert marker in text, f"{path.stem}: FULL-mode output {marker!r} missing"
     for name, row in CHAPTER_ROWS.get(path.stem, []):  # the FULL record that stands for the results table's row
-        record = json.loads((full_env["workdir"] / "runs" / "chapters" / f"{name}.json").read_text())
+        record = json.loads((workdir / "runs" / "chapters" / f"{name}.json").read_text())
         assert (record["row"], record["mode"], record["data"], record["pretrained_backbone"]) == (
             row, "FULL", "camvid", False)  # fmt: skip
         assert record["command"] == (
             f"SEGLEARN_MODE=FULL SEGLEARN_PRETRAINED=0 jupyter nbconvert --to notebook --execute notebooks/{path.name}"
         )
         assert record["epochs"] == 1 and record["train_images"] == 4 and record["images_per_s"] > 0
+    # FULL training runs checkpoint every epoch (cfg.checkpoints), so a re-run cell continues after a disconnect
+    for name in CHECKPOINTED.get(path.stem, []):
+        folder = workdir / "runs" / "checkpoints" / name
+        assert (folder / "last.pt").is_file(), f"{path.stem}: no checkpoint at {folder / 'last.pt'}"
+        if not keep_checkpoints:
+            shutil.rmtree(folder)  # FCN-8s with its SGD momentum is 1 GB per file
+    assert "resuming" not in text  # a fresh working folder: nothing to resume
+    return text
+
+
+# Chapter -> the runs/checkpoints/<name> folders its FULL training runs write (08's timed runs take none).
+CHECKPOINTED = {
+    "00_data_and_metrics": ["00_tinyfcn"],
+    "01_fcn": ["01_fcn"],
+    "02_segnet": ["02_segnet"],
+    "03_unet": ["03_unet", "03_unet_weighted"],
+    "04_deeplabv1_crf": ["04_deeplabv1"],
+    "05_deeplabv3": ["05_deeplabv3"],
+    "06_encnet": ["06_encnet"],
+    "07_upernet": ["07_upernet"],
+}
 
 
 # Chapter -> (record name, results-table row in benchmarks/full_results.py) of the runs it saves.
@@ -243,6 +275,26 @@ CHAPTER_ROWS = {
 }
 
 
+RESUMED = "05_deeplabv3"
+
+
+def _second_execution_resumes(path: Path, full_env: dict[str, Path]) -> None:
+    """Execute the chapter again in the same folder, as after a Colab disconnect: it must pick up last.pt (complete
+    here: the smoke cap trains 1 epoch) and save the record the first execution saved."""
+    workdir = full_env["workdir"]
+    record_path = workdir / "runs" / "chapters" / f"{path.stem}.json"
+    first = json.loads(record_path.read_text())
+    record_path.unlink()
+    text, _ = _execute(path, full_env, workdir, tag=".second")
+    last = Path("runs") / "checkpoints" / path.stem / "last.pt"
+    assert f"resuming {path.stem} from {last} (epoch 1 of 50); delete that folder to train from scratch" in text
+    second = json.loads(record_path.read_text())
+    assert (second["epochs"], second["train_s"]) == (first["epochs"], first["train_s"])  # last.pt's history
+    for key in ("miou", "miou_os8", "pixel_acc"):
+        assert second[key] == pytest.approx(first[key], abs=1e-9), key  # the same weights, evaluated again
+    shutil.rmtree(workdir / "runs" / "checkpoints" / path.stem)
+
+
 # CI runs `pytest -n 2 --dist loadscope`, which keeps a class on one worker. The chapters that train several models
 # (03: two U-Nets, 08: all nine) take about as long as the other seven together, so two classes let two workers share
 # the module.
@@ -254,10 +306,20 @@ MULTI = [p for p in NOTEBOOKS if p.stem in MULTI_MODEL]
 class TestSingleModelChapters:
     @pytest.mark.parametrize("path", SINGLE, ids=[p.stem for p in SINGLE])
     def test_runs_in_full_mode(self, path: Path, full_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-        _run_in_full_mode(path, full_env, monkeypatch)
+        resumed = path.stem == RESUMED  # one cheap chapter runs twice
+        _run_in_full_mode(path, full_env, monkeypatch, keep_checkpoints=resumed)
+        if resumed:
+            _second_execution_resumes(path, full_env)
 
 
 class TestMultiModelChapters:
     @pytest.mark.parametrize("path", MULTI, ids=[p.stem for p in MULTI])
     def test_runs_in_full_mode(self, path: Path, full_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-        _run_in_full_mode(path, full_env, monkeypatch)
+        # 08's FULL budget (600 s per model, ~90 min) can be cut for time-limited GPU sessions
+        budget = {"SEGLEARN_COMPARE_BUDGET_S": "7"} if path.stem == "08_compare" else {}
+        text = _run_in_full_mode(path, full_env, monkeypatch, **budget)
+        if budget:
+            assert "training budget: 7 s per model (FULL)" in text
+            log = full_env["workdir"] / f"{path.stem}.smoke.jsonl"
+            fits = [json.loads(line) for line in log.read_text().splitlines() if '"fit"' in line]
+            assert len(fits) == 9 and {f["time_budget_s"] for f in fits} == {7.0}, fits
