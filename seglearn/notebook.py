@@ -154,7 +154,7 @@ class NotebookConfig:
         last = folder / "last.pt"
         if last.is_file():
             try:
-                state = torch.load(last, map_location="cpu", weights_only=True)
+                state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)  # only its config is read
                 saved, epoch = dict(state.get("model_config") or {}), int(state["epoch"])
             except Exception as err:  # a file torch cannot read is as stale as a foreign recipe
                 raise ValueError(
