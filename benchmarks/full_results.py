@@ -86,7 +86,7 @@ def command(
     """The ``python -m seglearn train ...`` argv of a row (``epochs`` overrides the recipe's)."""
     argv = ["python", "-m", "seglearn", "train", "--model", r.model, "--dataset", "camvid", "--crop", "360", "480"]
     argv += ["--batch-size", "8", "--epochs", str(epochs or r.epochs), "--lr", f"{r.lr:g}", *r.options]
-    argv += ["--workers", str(workers), "--seed", "0", "--out", str(out_root / r.row), *extra]
+    argv += ["--preload", "--workers", str(workers), "--seed", "0", "--out", str(out_root / r.row), *extra]
     return argv
 
 

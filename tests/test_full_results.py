@@ -45,6 +45,7 @@ def test_every_full_row_is_a_valid_train_command(full_bench, capsys):
         args = build_parser().parse_args(argv[3:])  # a typo in a recipe fails here, not on a GPU
         assert (args.model, args.dataset, args.crop, args.batch_size) == (recipe.model, "camvid", [360, 480], 8)
         assert not args.pretrained_backbone  # the table is trained from scratch
+        assert args.preload  # decoded once into RAM: same data, and workers keep a GPU fed
 
 
 @pytest.mark.parametrize(
