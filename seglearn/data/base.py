@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import torch
@@ -275,7 +275,7 @@ class SegmentationDataset(ClassStatistics, Dataset):
             )
         return image, mask
 
-    def preload(self, threads: int | None = None) -> Self:
+    def preload(self, threads: int | None = None) -> SegmentationDataset:
         """Decode and check every (image, mask) pair once and keep them in memory; returns ``self``.
 
         Later items come from memory (the same arrays as from disk), so DataLoader workers only augment. A bad file
