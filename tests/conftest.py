@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -51,3 +54,17 @@ def shared_voc() -> Path:
     if not (root / "VOCdevkit" / "VOC2012").is_dir():
         pytest.skip(f"VOC sample not present at {root}")
     return root
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("full_results")`` imports ``benchmarks/full_results.py`` (a script folder, not a package)."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+        return module
+
+    return load

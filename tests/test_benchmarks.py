@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,22 +15,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SEGLEARN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def train_bench(load_benchmark):
+    return load_benchmark("train_throughput")
 
 
 @pytest.fixture(scope="module")
-def train_bench():
-    return _load("train_throughput")
-
-
-@pytest.fixture(scope="module")
-def data_bench():
-    return _load("data_throughput")
+def data_bench(load_benchmark):
+    return load_benchmark("data_throughput")
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,10 @@ under a deadline, resumed exactly), the README table and the tarball of results.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import re
 import shlex
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -21,17 +19,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def full_bench():
-    return _load("full_results")
+def full_bench(load_benchmark):
+    return load_benchmark("full_results")
 
 
 def test_every_full_row_is_a_valid_train_command(full_bench, capsys):

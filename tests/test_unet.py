@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -56,11 +55,9 @@ def test_paper_channel_plan(paper_unet):
     assert all(isinstance(u.up, nn.ConvTranspose2d) and u.up.kernel_size == (2, 2) for u in paper_unet.up)
 
 
-def test_equals_hand_written_reference(paper_unet):
+def test_equals_hand_written_reference(paper_unet, load_benchmark):
     # benchmarks/encdec_speed.py times against this independent, loop-free U-Net; with copied weights it must agree.
-    spec = importlib.util.spec_from_file_location("encdec_speed", REPO_ROOT / "benchmarks" / "encdec_speed.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("encdec_speed")
     ref = bench.ReferenceUNet(3, 2).eval()
     bench.copy_weights(paper_unet, ref)
     x = torch.randn(1, 3, 48, 64)
