@@ -253,7 +253,9 @@ def test_flip_averaging_is_exactly_symmetric(trained):
     eq = FlipEquivariant()
     with torch.no_grad():
         plain = eq(x)["out"].softmax(1)
-    torch.testing.assert_close(predict(eq, x, flip=True), plain, rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        predict(eq, x, flip=True), plain, rtol=0, atol=1e-6
+    )  # a few ulps: averaging two softmaxes rounds
     # for any model the flip-averaged prediction of a mirrored image is the mirrored prediction, bit for bit
     model, _ = trained
     mirrored = predict(model, x.flip(-1), flip=True).flip(-1)
