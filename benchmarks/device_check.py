@@ -180,9 +180,10 @@ def check_data() -> str:
     root = Path(env) / "camvid"
     if not is_camvid_root(root):
         raise CheckFailed(f"no CamVid under {root}: python ../shared/tools/pack_camvid.py {root} (then carry it)")
-    sizes = {}
+    sizes, mib = {}, 0.0
     for split, expected in (("train", 367), ("val", 101)):
-        ds = CamVid(root, split=split)
+        ds = CamVid(root, split=split, preload=True)  # as FULL training loads it: every file decoded and checked once
+        mib += ds.preloaded_bytes / 2**20
         image, mask = ds[0]
         labels = set(np.unique(mask).tolist())
         if len(ds) != expected or image.shape != (360, 480, 3) or not labels <= {*range(11), 255}:
@@ -190,7 +191,10 @@ def check_data() -> str:
                 f"CamVid {split} at {root}: {len(ds)} images (want {expected}), image {image.shape}, labels {labels}"
             )
         sizes[split] = len(ds)
-    return f"CamVid at {root}: {sizes['train']} train + {sizes['val']} val images, 360x480, labels 0-10 and 255"
+    return (
+        f"CamVid at {root}: {sizes['train']} train + {sizes['val']} val images, 360x480, labels 0-10 and 255, "
+        f"{mib:.0f} MiB preloaded"
+    )
 
 
 def check_train() -> str:
