@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -60,8 +59,9 @@ def _datasets(args: argparse.Namespace, crop: tuple[int, int] | None, splits: Se
 
 
 def _loader(ds: Dataset, args: argparse.Namespace, train: bool) -> DataLoader:
+    from seglearn.data.base import worker_context
+
     sampler = D.train_sampler(ds, seed=args.seed) if train else D.eval_sampler(ds)
-    fork = getattr(ds, "preloaded", False) and args.workers > 0 and "fork" in mp.get_all_start_methods()
     return DataLoader(
         ds,
         batch_size=args.batch_size,
@@ -71,7 +71,7 @@ def _loader(ds: Dataset, args: argparse.Namespace, train: bool) -> DataLoader:
         num_workers=args.workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=args.workers > 0,
-        multiprocessing_context="fork" if fork else None,  # shares a preloaded dataset (spawn: a copy per worker)
+        multiprocessing_context=worker_context(ds, args.workers),
     )
 
 

@@ -190,6 +190,7 @@ class NotebookConfig:
         Batches: images (B, 3, h, w) float (ImageNet-normalized), masks (B, h, w) long with 255 = ignore.
         """
         from seglearn import data
+        from seglearn.data.base import worker_context
 
         crop_hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
         if len(crop_hw) != 2 or min(crop_hw) < 1:
@@ -226,8 +227,10 @@ class NotebookConfig:
         train_loader = DataLoader(
             train_set, batch_size, shuffle=True, drop_last=len(train_set) > batch_size, num_workers=n_workers,
             generator=torch.Generator().manual_seed(self.seed), pin_memory=pin, persistent_workers=n_workers > 0,
+            multiprocessing_context=worker_context(train_set, n_workers),
         )  # fmt: skip
-        val_loader = DataLoader(val_set, batch_size, shuffle=False, num_workers=n_workers, pin_memory=pin)
+        val_loader = DataLoader(val_set, batch_size, shuffle=False, num_workers=n_workers, pin_memory=pin,
+                                multiprocessing_context=worker_context(val_set, n_workers))  # fmt: skip
         info = LoaderInfo(
             classes=list(train_ref.classes),
             palette=np.asarray(train_ref.palette),

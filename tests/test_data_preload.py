@@ -195,3 +195,14 @@ def test_real_camvid_val_preloads_the_same_items(shared_camvid: Path) -> None:
     for i in (0, 50, 100):
         for x, y in zip(disk[i], memory[i], strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="a platform without fork")
+def test_preloaded_datasets_get_forked_workers(camvid: Path) -> None:
+    from seglearn.data.base import worker_context
+
+    # the CLI and the notebook loaders both ask this; fork shares the arrays, spawn/forkserver would copy them
+    assert worker_context(CamVid(camvid, "train", preload=True), 2) == "fork"
+    assert worker_context(CamVid(camvid, "train", preload=True), 0) is None
+    assert worker_context(CamVid(camvid, "train"), 2) is None
+    assert worker_context(SyntheticScenes(4, size=(8, 8)), 2) is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -210,12 +211,16 @@ class SegmentationDataset(ClassStatistics, Dataset):
         samples: Sequence[tuple[Path, Path]],
         transforms: Callable[..., Any] | None = None,
         root: Path | None = None,
+        *,
+        preload: bool = False,
     ) -> None:
         self.samples = list(samples)
         self.transforms = transforms
         self.root = root
         self._lut = self._build_lut()
         self._pairs: list[tuple[np.ndarray, np.ndarray]] | None = None
+        if preload:
+            self.preload()
 
     @property
     def num_classes(self) -> int:
@@ -330,3 +335,10 @@ def _writable(folder: Path) -> bool:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return bool(mode & 0o222)
     return os.access(folder, os.W_OK)
+
+
+def worker_context(dataset: Dataset, num_workers: int) -> str | None:
+    """The DataLoader ``multiprocessing_context`` for ``dataset``: "fork" when it is preloaded and has workers, so
+    they share its decoded arrays (spawn/forkserver would pickle a copy into each); else None, the default."""
+    preloaded = getattr(dataset, "preloaded", False)
+    return "fork" if preloaded and num_workers > 0 and "fork" in multiprocessing.get_all_start_methods() else None

@@ -112,9 +112,7 @@ class CamVid(SegmentationDataset):
                 "or set SEGLEARN_DATA to the folder that holds camvid/"
             )
         self.split = split
-        super().__init__(self._samples(root, split), transforms=transforms, root=root)
-        if preload:
-            self.preload()
+        super().__init__(self._samples(root, split), transforms=transforms, root=root, preload=preload)
 
     @staticmethod
     def _samples(root: Path, split: str) -> list[tuple[Path, Path]]:

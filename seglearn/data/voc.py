@@ -120,9 +120,7 @@ class VOCSegmentation(SegmentationDataset):
             samples = self._trainaug_samples(voc_dir, sbd)
         else:
             samples = self._voc_samples(voc_dir, split)
-        super().__init__(samples, transforms=transforms, root=root)
-        if preload:
-            self.preload()
+        super().__init__(samples, transforms=transforms, root=root, preload=preload)
 
     @staticmethod
     def _voc_samples(voc_dir: Path, split: str) -> list[tuple[Path, Path]]:
