@@ -6,6 +6,7 @@ batches: a batch with few pixels of a class would otherwise weigh as much as a b
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["ConfusionMatrix", "SegScores"]
+__all__ = ["ConfusionMatrix", "SegScores", "majority_baseline"]
 
 
 def _nanmean(x: np.ndarray) -> float:
@@ -235,3 +236,30 @@ class ConfusionMatrix:
             f"ConfusionMatrix(num_classes={self.num_classes}, ignore_index={self.ignore_index}, "
             f"device={self.device}, pixels={int(self.mat.sum())})"
         )
+
+
+@torch.no_grad()
+def majority_baseline(
+    train: Iterable[tuple[Tensor, Tensor]],
+    val: Iterable[tuple[Tensor, Tensor]],
+    num_classes: int,
+    ignore_index: int = 255,
+) -> tuple[int, SegScores]:
+    """The floor every model must beat: the most frequent class of ``train``'s masks, predicted everywhere on ``val``.
+
+    ``train`` and ``val`` yield ``(images, masks)`` batches with masks (N, H, W) (DataLoaders do). Returns that class
+    and its scores on ``val``; a trained model that does not beat them has learned nothing beyond the class prior.
+    """
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    for _, masks in train:
+        masks = masks[masks != ignore_index].to(torch.int64)
+        if masks.numel() and (masks.min() < 0 or masks.max() >= num_classes):
+            raise ValueError(f"train masks hold labels outside [0, {num_classes}) and not ignore_index={ignore_index}")
+        counts += torch.bincount(masks, minlength=num_classes).cpu()
+    if counts.sum() == 0:
+        raise ValueError("train yielded no labelled pixel: every mask is empty or ignore_index")
+    majority = int(counts.argmax())
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    for _, masks in val:
+        cm.update(torch.full_like(masks, majority), masks)
+    return majority, cm.compute()

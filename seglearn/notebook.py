@@ -51,6 +51,14 @@ class LoaderInfo:
         return getattr(self, key)
 
 
+def spread(n: int, total: int) -> list[int]:
+    """``min(n, total)`` distinct indices spread evenly over ``range(total)``, starting at 0."""
+    if n < 1 or total < 1:
+        raise ValueError(f"need at least one image to pick and one to pick from, got n={n}, total={total}")
+    n = min(n, total)
+    return [i * total // n for i in range(n)]
+
+
 def run_mode(device: torch.device) -> str:
     """``SEGLEARN_MODE`` (QUICK or FULL, any case) or, when unset, QUICK on a CPU and FULL on a GPU."""
     raw = os.environ.get("SEGLEARN_MODE", "").strip()
@@ -176,14 +184,15 @@ class NotebookConfig:
         self,
         crop: int | tuple[int, int] = (360, 480),
         batch_size: int = 8,
-        quick_train: int = 32,
-        quick_val: int = 8,
+        quick_train: int = 64,
+        quick_val: int = 16,
         workers: int | None = None,
         quick_size: tuple[int, int] = QUICK_SIZE,
     ) -> tuple[DataLoader, DataLoader, LoaderInfo]:
         """Train and val loaders for CamVid's 11 classes, sized by the run mode.
 
-        QUICK: the first ``quick_train``/``quick_val`` images of real CamVid when it is on disk, else as many
+        QUICK: ``quick_train``/``quick_val`` images spread evenly over real CamVid's splits when it is on disk (the
+        splits are video sequences: the first N frames would be N views of one street), else as many
         :class:`~seglearn.data.SyntheticScenes`; frames are ``quick_size`` (CamVid's 360x480 shrunk 3x) and train
         crops are ``crop`` clipped to that size. FULL: all of CamVid train/val at 360x480 (downloaded if missing),
         decoded once into memory, train with the augmenting preset at ``crop``, val at full size.
@@ -202,8 +211,8 @@ class NotebookConfig:
             train_tf = data.train_transforms(crop_hw, scale=(0.75 * s, 1.25 * s))
             train_ref = data.CamVid(self.camvid_root, "train", transforms=train_tf)
             val_ref = data.CamVid(self.camvid_root, "val", transforms=data.eval_transforms(size=quick_size))
-            train_set: Dataset = Subset(train_ref, range(min(quick_train, len(train_ref))))
-            val_set: Dataset = Subset(val_ref, range(min(quick_val, len(val_ref))))
+            train_set: Dataset = Subset(train_ref, spread(quick_train, len(train_ref)))
+            val_set: Dataset = Subset(val_ref, spread(quick_val, len(val_ref)))
             source = "camvid"
         elif self.quick:
             train_tf = data.train_transforms(crop_hw, scale=(0.75, 1.25))

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from seglearn.metrics import ConfusionMatrix, SegScores
+from seglearn.metrics import ConfusionMatrix, SegScores, majority_baseline
 
 # Worked example used by several tests (C = 3, one pixel ignored):
 #   target  [[0, 0, 1], [1, 2, 255]]
@@ -266,3 +266,22 @@ def test_cuda_matrix_accepts_cpu_inputs_and_matches_cpu():
     assert torch.equal(gpu.mat.cpu(), 2 * cpu.mat)
     assert torch.equal(cpu.merge(gpu).mat, 3 * ConfusionMatrix(5).update(logits, target).mat)
     assert gpu.compute().miou == pytest.approx(cpu.compute().miou)
+
+
+def test_majority_baseline_predicts_the_most_frequent_train_class_everywhere():
+    # train: class 2 covers 5 of 8 labelled pixels (the 255s are void and do not vote)
+    train = [(None, torch.tensor([[[2, 2, 1, 255], [2, 0, 2, 2]]]))]
+    val_masks = torch.tensor([[[2, 2, 1, 1], [255, 0, 2, 2]]])
+    majority, scores = majority_baseline(train, [(None, val_masks)], num_classes=3)
+    assert majority == 2
+    # predicting 2 on the 7 labelled val pixels: 4 right; IoU of class 2 is 4 / 7, classes 0 and 1 get 0
+    assert scores.pixel_acc == pytest.approx(4 / 7)
+    assert scores.iou.tolist() == pytest.approx([0.0, 0.0, 4 / 7])
+    assert scores.miou == pytest.approx(4 / 21)
+
+
+def test_majority_baseline_refuses_masks_it_cannot_count():
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        majority_baseline([(None, torch.full((1, 2, 2), 255))], [], num_classes=3)
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        majority_baseline([(None, torch.tensor([[[0, 7]]]))], [], num_classes=3)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import seglearn
-from seglearn.notebook import QUICK_SIZE, NotebookConfig, run_mode, setup_notebook, use_pretrained
+from seglearn.notebook import QUICK_SIZE, NotebookConfig, run_mode, setup_notebook, spread, use_pretrained
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SEGLEARN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -152,13 +152,14 @@ def test_bad_crop_is_refused(monkeypatch, no_camvid):
         cfg.camvid_loaders(crop=(0, 10))
 
 
-def test_quick_uses_the_first_images_of_real_camvid(monkeypatch, shared_camvid_only):
+def test_quick_spreads_its_images_over_real_camvid(monkeypatch, shared_camvid_only):
     monkeypatch.setenv("SEGLEARN_MODE", "QUICK")
     cfg = setup_notebook(quiet=True)
     assert cfg.camvid_root == shared_camvid_only
     train, val, info = cfg.camvid_loaders(crop=(96, 128), batch_size=3, quick_train=6, quick_val=2)
     assert info.source == "camvid" and (info.train_size, info.val_size) == (6, 2)
-    assert list(train.dataset.indices) == list(range(6)) and list(val.dataset.indices) == [0, 1]
+    # every 61st train frame and val frames 0 and 50: six streets, not six views of the first one
+    assert list(train.dataset.indices) == [0, 61, 122, 183, 244, 305] and list(val.dataset.indices) == [0, 50]
     images, masks = next(iter(train))
     assert images.shape == (3, 3, 96, 128) and masks.shape == (3, 96, 128)
     images, masks = next(iter(val))
@@ -275,3 +276,11 @@ def test_an_unreadable_last_pt_names_the_folder_to_delete(full_cfg):
     (folder / "last.pt").write_bytes(b"half a file")
     with pytest.raises(ValueError, match=f"delete the folder {folder}"):
         full_cfg.checkpoints("tiny", **RECIPE)
+
+
+def test_spread_picks_distinct_evenly_spaced_indices():
+    assert spread(4, 8) == [0, 2, 4, 6]
+    assert spread(16, 101) == sorted(set(spread(16, 101))) and len(spread(16, 101)) == 16
+    assert spread(5, 3) == [0, 1, 2]  # asking for more than there is gives all of them
+    with pytest.raises(ValueError, match="at least one"):
+        spread(0, 10)
