@@ -82,6 +82,20 @@ def use_pretrained(mode: str) -> bool:
     raise ValueError(f"SEGLEARN_PRETRAINED={raw!r} is not a switch; set it to 1 (ImageNet weights) or 0 (from scratch)")
 
 
+def env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from the environment variable ``name`` (a time budget), ``default`` if unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name}={raw!r} is not a number of seconds: set it to e.g. 120, or unset it for {default:g}")
+    return value
+
+
 def _matplotlib_defaults() -> None:
     import matplotlib as mpl
 

@@ -12,7 +12,15 @@ import pytest
 import torch
 
 import seglearn
-from seglearn.notebook import QUICK_SIZE, NotebookConfig, run_mode, setup_notebook, spread, use_pretrained
+from seglearn.notebook import (
+    QUICK_SIZE,
+    NotebookConfig,
+    env_seconds,
+    run_mode,
+    setup_notebook,
+    spread,
+    use_pretrained,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SEGLEARN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -284,3 +292,14 @@ def test_spread_picks_distinct_evenly_spaced_indices():
     assert spread(5, 3) == [0, 1, 2]  # asking for more than there is gives all of them
     with pytest.raises(ValueError, match="at least one"):
         spread(0, 10)
+
+
+def test_env_seconds_reads_a_positive_budget_and_names_the_variable_when_it_cannot(monkeypatch):
+    monkeypatch.delenv("SEGLEARN_TEST_BUDGET_S", raising=False)
+    assert env_seconds("SEGLEARN_TEST_BUDGET_S", 600) == 600
+    monkeypatch.setenv("SEGLEARN_TEST_BUDGET_S", " 40.5 ")
+    assert env_seconds("SEGLEARN_TEST_BUDGET_S", 600) == 40.5
+    for bad in ("2min", "0", "-5", "nan", "inf"):
+        monkeypatch.setenv("SEGLEARN_TEST_BUDGET_S", bad)
+        with pytest.raises(ValueError, match=rf"SEGLEARN_TEST_BUDGET_S='{bad}' is not a number of seconds.*unset"):
+            env_seconds("SEGLEARN_TEST_BUDGET_S", 600)
