@@ -280,9 +280,8 @@ CHECKPOINTED = {
 }
 
 
-# Chapters whose training cell asserts it beats seglearn.metrics.majority_baseline; 03 (U-Net) still runs its earlier
-# QUICK recipe without that check.
-FLOOR_CHECKED = set(CHECKPOINTED) - {"03_unet"}
+# Chapters whose training cell asserts it beats seglearn.metrics.majority_baseline: every training chapter.
+FLOOR_CHECKED = set(CHECKPOINTED)
 
 
 # Chapter -> (record name, results-table row in benchmarks/full_results.py) of the runs it saves.
