@@ -335,7 +335,11 @@ def fit(
                         "grad_clip, or check the masks (labels >= num_classes that are not ignore_index?); last.pt "
                         "keeps the last good epoch"
                     )
-                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - t_images + 1e-9):.1f}")
+                # refresh=False: shown at the bar's next throttled redraw. A forced refresh is one Jupyter widget
+                # message per step, which can overflow the output queue that nbval reads only after the cell ends.
+                bar.set_postfix(
+                    loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - t_images + 1e-9):.1f}", refresh=False
+                )
             opt.zero_grad(set_to_none=True)
             scaler.scale(batch_loss).backward()
             if grad_clip is not None:

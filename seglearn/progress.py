@@ -24,6 +24,7 @@ def in_notebook() -> bool:
 def progress_bar(iterable: Iterable, *, enabled: bool = True, **kwargs: Any) -> tqdm:
     """``tqdm.auto.tqdm`` over ``iterable`` (a widget in Jupyter, text elsewhere); ``enabled=False`` hides it."""
     kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("mininterval", 0.5)  # redraws at most twice a second: few widget messages in Jupyter
     return tqdm(iterable, disable=not enabled, **kwargs)
 
 
