@@ -1,4 +1,4 @@
-"""Datasets (CamVid, PASCAL VOC, SyntheticScenes), their downloads, and albumentations transform presets."""
+"""Datasets (CamVid, PASCAL VOC, SyntheticScenes, your own SegmentationFolder), their downloads, and transforms."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from torch.utils.data import Dataset
 from .base import SegmentationDataset, read_image, read_mask
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CamVid
 from .download import DownloadError, download_camvid, download_dataset, download_voc, extract_archive
+from .folder import SegmentationFolder
+from .loaders import job_datasets, make_loader
 from .paths import data_root, locate_dataset
 from .synthetic import SyntheticScenes
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transforms, train_transforms
@@ -20,8 +22,11 @@ __all__ = [
     "CamVid",
     "VOCSegmentation",
     "SyntheticScenes",
+    "SegmentationFolder",
     "SegmentationDataset",
     "build_dataset",
+    "make_loader",
+    "job_datasets",
     "DATASETS",
     "data_root",
     "locate_dataset",

@@ -319,11 +319,22 @@ class SegmentationDataset(ClassStatistics, Dataset):
         return apply_transforms(self.transforms, image, mask)
 
     def _stats_key(self) -> str:
-        names = "\n".join(str(m.relative_to(self.root) if self.root else m) for _, m in self.samples)
+        # Keyed on each mask's name, size and modification time: a mask edited in place gets new statistics.
+        names = "\n".join(
+            f"{m.relative_to(self.root) if self.root else m} {_size_and_mtime(m)}" for _, m in self.samples
+        )
         return f"{getattr(self, 'split', '')}:{hashlib.sha1(names.encode()).hexdigest()[:16]}"
 
     def _stats_file(self) -> Path | None:
         return self.root / _STATS_FILE if self.root is not None else None
+
+
+def _size_and_mtime(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:  # a missing file fails later, when it is read, with its name
+        return "-"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _writable(folder: Path) -> bool:
