@@ -1,32 +1,38 @@
-"""Training checkpoints: atomic writes, model/shape checks on load, and the RNG state needed to resume exactly.
+"""Training checkpoints: atomic writes, checks on load, and :class:`TrainingState`, what ``fit`` saves and resumes.
 
 Everything saved is plain (tensors, numbers, strings, lists, dicts), so ``torch.load(path, weights_only=True)`` reads
-a checkpoint without unpickling arbitrary objects.
+a checkpoint without unpickling arbitrary objects. A checkpoint written by ``fit`` holds the keys ``epoch``,
+``model``, ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``history``, ``num_classes``, ``model_spec`` (what
+:func:`seglearn.load_model` rebuilds) and ``recipe`` (what must not change when the run is resumed).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import tempfile
-from collections.abc import Iterator
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+
+from .history import History
+from .seeding import (
+    capture_rng_state,
+    restore_rng_state,
+    seed_everything,  # noqa: F401  (re-exported until notebook.py imports it from seeding)
+)
 
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "check_state_dict",
-    "capture_rng_state",
-    "restore_rng_state",
-    "find_random_transforms",
-    "seed_everything",
-    "seed_worker_transforms",
-    "training_state",
+    "check_recipe",
+    "check_plain",
+    "TrainingState",
+    "Checkpointer",
 ]
 
 
@@ -50,40 +56,60 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def training_state(
-    epoch: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Any,
-    loader: Any,
-    history: dict[str, Any],
-    num_classes: int | None = None,
-    model_config: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Everything needed to continue training after ``epoch`` (completed epochs) exactly, as plain data."""
-    return {
-        "epoch": epoch,
-        "model": _unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": capture_rng_state(loader),
-        "history": history,
-        "num_classes": num_classes,
-        "model_config": dict(model_config or {}),
-    }
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def check_plain(value: Any, what: str) -> None:
+    """Raise a ValueError unless ``value`` is str/int/float/bool/None or a list, tuple or dict of them: checkpoints
+    are read with ``weights_only=True``, which refuses anything else."""
+
+    def plain(v: Any) -> bool:
+        if v is None or isinstance(v, (str, int, float, bool)):
+            return True
+        if isinstance(v, (list, tuple)):
+            return all(plain(x) for x in v)
+        return isinstance(v, dict) and all(isinstance(k, str) and plain(x) for k, x in v.items())
+
+    if not plain(value):
+        raise ValueError(
+            f"{what} {value!r} is not plain data (str, number, bool, None, or lists, tuples and dicts of them): "
+            "checkpoints are read with weights_only=True; pass e.g. a name or str(value)"
+        )
+
+
+def _comparable(v: Any) -> Any:
+    # a tuple saved and loaded stays a tuple, but a recipe built from JSON or Recipe.as_dict may hold a list
+    if isinstance(v, (list, tuple)):
+        return [_comparable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _comparable(x) for k, x in v.items()}
+    return v
+
+
+def check_recipe(saved: dict[str, Any] | None, given: dict[str, Any], *, folder: str | os.PathLike) -> None:
+    """Raise a ValueError naming the keys whose values differ between a checkpoint's recipe and this run's
+    (a checkpoint without a recipe, written before recipes were stored, is not checked)."""
+    if not saved:
+        return
+    unset = object()
+    changed = [
+        f"{key}: {'unset' if there is unset else repr(there)} there, {'unset' if here is unset else repr(here)} here"
+        for key in {**saved, **given}
+        if _comparable(there := saved.get(key, unset)) != _comparable(here := given.get(key, unset))
+    ]
+    if changed:
+        raise ValueError(
+            f"{folder} holds a run of another recipe ({'; '.join(changed)}): pass the same recipe to continue that "
+            f"run, or delete {folder} (or pick another checkpoint_dir) to train this recipe from scratch"
+        )
+
+
 def check_state_dict(
-    state_dict: dict[str, torch.Tensor], model: nn.Module, *, source: str = "checkpoint", saved_config: Any = None
+    state_dict: dict[str, torch.Tensor], model: nn.Module, *, source: str = "checkpoint", saved_spec: Any = None
 ) -> None:
     """Raise a ValueError naming the missing/unexpected keys and the first shape mismatches between a state dict
-    and ``model``; ``saved_config`` (the model config stored with the checkpoint) is quoted to say where it came from.
+    and ``model``; ``saved_spec`` (the model spec stored with the checkpoint) is quoted to say where it came from.
     """
     expected = _unwrap(model).state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -100,7 +126,7 @@ def check_state_dict(
         if items:
             more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
             problems.append(f"{title}: {', '.join(items[:3])}{more}")
-    origin = f" (it was saved from model config {saved_config!r})" if saved_config else ""
+    origin = f" (it was saved from model spec {saved_spec!r})" if saved_spec else ""
     raise ValueError(
         f"{source} does not fit this {type(_unwrap(model)).__name__}{origin}: {'; '.join(problems)}. "
         "Build the same model (name, num_classes, backbone, aux_loss) as the run that wrote it, "
@@ -115,13 +141,14 @@ def load_checkpoint(
     scheduler: Any = None,
     scaler: Any = None,
     *,
-    model_config: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
+    model_spec: dict[str, Any] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Read a checkpoint (``weights_only=True``), check it fits ``model`` and load the given objects' states.
 
-    Raises ValueError when the stored ``model_config`` differs from the given one, or when keys or shapes differ
-    (naming them), before anything is modified. Returns the whole checkpoint dict.
+    Raises ValueError, before anything is modified, when the stored ``recipe`` or ``model_spec`` differs from the
+    given one (naming the differing keys) or when state-dict keys or shapes differ. Returns the whole checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -129,14 +156,17 @@ def load_checkpoint(
     state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path} is not a seglearn training checkpoint (no 'model' entry)")
-    saved_config = state.get("model_config")
-    if model_config is not None and saved_config and dict(saved_config) != dict(model_config):
+    if recipe is not None:
+        check_recipe(state.get("recipe"), recipe, folder=path.parent)
+    saved_spec = state.get("model_spec")
+    if model_spec is not None and saved_spec and _comparable(saved_spec) != _comparable(model_spec):
         raise ValueError(
-            f"{path} was written for model config {saved_config!r}, not {model_config!r}: "
-            "use a fresh checkpoint_dir or build the model the checkpoint came from"
+            f"{path} was written for model {saved_spec!r}, not {model_spec!r}: build the model the "
+            f"checkpoint came from, or delete {path.parent} (or pick another checkpoint_dir) to train from scratch"
         )
     if model is not None:
-        check_state_dict(state["model"], model, source=str(path), saved_config=saved_config)
+        # model_config: what checkpoints written before model_spec held instead
+        check_state_dict(state["model"], model, source=str(path), saved_spec=saved_spec or state.get("model_config"))
         _unwrap(model).load_state_dict(state["model"])
     for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
         if obj is not None and state.get(key) is not None:
@@ -144,111 +174,74 @@ def load_checkpoint(
     return state
 
 
-def find_random_transforms(dataset: Any, _depth: int = 0) -> Iterator[Any]:
-    """Objects with their own random generators (albumentations ``Compose``) reachable from a dataset through
-    ``transforms``/``transform`` and wrapper datasets (``.dataset``, ``.datasets``)."""
-    if _depth > 4 or dataset is None:
-        return
-    for name in ("transforms", "transform"):
-        t = getattr(dataset, name, None)
-        if t is not None and hasattr(t, "set_random_seed") and hasattr(t, "random_generator"):
-            yield t
-    inner = getattr(dataset, "dataset", None)
-    if inner is not None and inner is not dataset:
-        yield from find_random_transforms(inner, _depth + 1)
-    for d in getattr(dataset, "datasets", None) or ():
-        yield from find_random_transforms(d, _depth + 1)
+@dataclass
+class TrainingState:
+    """Everything a run needs to continue exactly after ``epoch`` completed epochs.
 
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, numpy's and torch's global generators (CPU and every GPU)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def seed_worker_transforms(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: reseed the dataset's albumentations generators from the worker's torch seed.
-
-    Each worker gets a copy of those generators; without this every worker (and, without persistent workers,
-    every epoch) would draw the same augmentations. The torch seed is ``base_seed + worker_id``, reproducible.
+    ``loader`` is the train loader: its torch generators and its dataset's random transforms are part of the state.
+    ``model_spec`` says what to rebuild (``create_model(**spec)``), ``recipe`` what must not change on resume.
     """
-    info = torch.utils.data.get_worker_info()
-    for t in find_random_transforms(info.dataset if info is not None else None):
-        t.set_random_seed(torch.initial_seed() % 2**32)
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    loader: Any
+    history: History = field(default_factory=History)
+    epoch: int = 0
+    num_classes: int | None = None
+    model_spec: dict[str, Any] | None = None
+    recipe: dict[str, Any] | None = None  # None: resume without comparing recipes
+
+    def __post_init__(self) -> None:
+        check_plain(self.model_spec, "model_spec")  # refused now, not when the first checkpoint is read back
+        check_plain(self.recipe, "recipe")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint: plain data only."""
+        return {
+            "epoch": self.epoch,
+            "model": _unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": capture_rng_state(self.loader),
+            "history": self.history.to_dict(),
+            "num_classes": self.num_classes,
+            "model_spec": self.model_spec,
+            "recipe": dict(self.recipe or {}),
+        }
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Continue from the checkpoint at ``path``: check recipe, spec and shapes first, then load every state."""
+        objects = (self.model, self.optimizer, self.scheduler, self.scaler)
+        ckpt = load_checkpoint(path, *objects, recipe=self.recipe, model_spec=self.model_spec)
+        self.history, self.epoch = History.from_dict(ckpt["history"]), int(ckpt["epoch"])
+        self.num_classes = self.num_classes or ckpt.get("num_classes")
+        restore_rng_state(ckpt["rng"], self.loader)
 
 
-def _random_states(transform: Any) -> Iterator[Any]:
-    """``transform`` and every transform nested in it that owns a random generator (each albumentations transform
-    has its own pair of numpy and Python generators)."""
-    if hasattr(transform, "random_generator") and hasattr(transform, "py_random"):
-        yield transform
-    for child in getattr(transform, "transforms", None) or ():
-        yield from _random_states(child)
+class Checkpointer:
+    """``last.pt`` after every epoch and ``best.pt`` at the best validation in one folder; ``write=False`` (every
+    rank but 0 under torch.distributed) reads but never writes."""
 
+    def __init__(self, folder: str | os.PathLike, *, write: bool = True) -> None:
+        self.folder, self.write = Path(folder), write
+        self.last, self.best = self.folder / "last.pt", self.folder / "best.pt"
 
-def _transform_rngs(loader: Any) -> list[Any]:
-    found: list[Any] = []
-    for t in find_random_transforms(getattr(loader, "dataset", None)):
-        found.extend(x for x in _random_states(t) if all(x is not y for y in found))
-    return found
+    def restore(self, state: TrainingState) -> bool:
+        """Load ``last.pt`` into ``state``; False (with a warning) when there is none: the run starts fresh."""
+        if not self.last.is_file():
+            warnings.warn(f"resume=True but {self.last} does not exist: starting from scratch", stacklevel=3)
+            return False
+        state.load(self.last)
+        return True
 
-
-def _loader_generators(loader: Any) -> list[torch.Generator]:
-    """The distinct torch generators a DataLoader draws its shuffle and worker seeds from."""
-    if loader is None:
-        return []
-    candidates = [
-        getattr(loader, "generator", None),
-        getattr(getattr(loader, "sampler", None), "generator", None),
-        getattr(getattr(getattr(loader, "batch_sampler", None), "sampler", None), "generator", None),
-    ]
-    found: list[torch.Generator] = []
-    for g in candidates:
-        if isinstance(g, torch.Generator) and all(g is not h for h in found):
-            found.append(g)
-    return found
-
-
-def capture_rng_state(loader: Any = None) -> dict[str, Any]:
-    """The state of every random generator a training epoch consumes: torch (CPU and CUDA), numpy's and Python's
-    global generators, the loader's torch generators and the dataset's albumentations generators."""
-    keys, pos, has_gauss, cached = np.random.get_state()[1:]
-    version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": cached},
-        "python": [version, list(internal), gauss],
-        "loader": [g.get_state() for g in _loader_generators(loader)],
-        "transforms": [],
-    }
-    for t in _transform_rngs(loader):
-        v, py_internal, py_gauss = t.py_random.getstate()
-        state["transforms"].append(
-            {"numpy": t.random_generator.bit_generator.state, "python": [v, list(py_internal), py_gauss]}
-        )
-    return state
-
-
-def restore_rng_state(state: dict[str, Any], loader: Any = None) -> None:
-    """Inverse of :func:`capture_rng_state` (the same loader, or one built the same way)."""
-    generators, transforms = _loader_generators(loader), _transform_rngs(loader)
-    if len(generators) != len(state.get("loader", [])) or len(transforms) != len(state.get("transforms", [])):
-        raise ValueError(
-            "the train loader differs from the one the checkpoint was written with (its generators or random "
-            "transforms); build it the same way to resume, or start a fresh checkpoint_dir"
-        )
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    for g, g_state in zip(generators, state.get("loader", []), strict=True):
-        g.set_state(g_state)
-    for t, t_state in zip(transforms, state.get("transforms", []), strict=True):
-        t.random_generator.bit_generator.state = t_state["numpy"]
-        v, py_internal, py_gauss = t_state["python"]
-        t.py_random.setstate((v, tuple(py_internal), py_gauss))
+    def save(self, state: TrainingState, *, best: bool = False) -> None:
+        """Write ``last.pt`` (and ``best.pt`` when ``best``), each atomically."""
+        if not self.write:
+            return
+        ckpt = state.state_dict()
+        if best:
+            save_checkpoint(ckpt, self.best)
+        save_checkpoint(ckpt, self.last)

@@ -4,6 +4,9 @@
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. :func:`init_distributed` reads them (gloo on a
 CPU, nccl on GPUs); without them it returns a single-process :class:`DistInfo` and every helper here is a no-op, so
 the same code runs with and without a launcher.
+
+``fit`` calls the helpers at the bottom (:func:`wrap_if_distributed`, :func:`shard_loader`, :func:`any_rank`, ...):
+the only place where seglearn wraps a model in ``DistributedDataParallel`` or talks to other ranks.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.utils.data import DistributedSampler, Sampler
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -89,6 +92,11 @@ def teardown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def is_initialized() -> bool:
+    """True when a torch.distributed process group exists."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def get_rank() -> int:
@@ -173,10 +181,80 @@ def wrap_model(model: nn.Module, info: DistInfo, *, sync_bn: bool = False) -> nn
         if info.device.type != "cuda":
             raise ValueError("SyncBatchNorm needs GPUs (PyTorch syncs batch statistics only on CUDA); drop --sync-bn")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return wrap_if_distributed(model, info.device)
+
+
+def wrap_if_distributed(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` when a process group exists and it is not wrapped yet (on
+    ``device``, where it must already be); otherwise ``model`` itself."""
+    if not is_initialized() or isinstance(model, nn.parallel.DistributedDataParallel):
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module inside a ``DistributedDataParallel`` wrapper (the model itself otherwise)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def process_device(device: torch.device) -> torch.device:
+    """``device`` for this process: under torch.distributed a bare ``cuda`` becomes ``cuda:LOCAL_RANK``."""
+    if device.type == "cuda" and device.index is None and is_initialized():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+_SHARDED = (DistributedSampler, ShardSampler)
+
+
+def shard_loader(loader: DataLoader | None, *, train: bool, seed: int = 0) -> DataLoader | None:
+    """Under torch.distributed, the same loader over this rank's shard: a shuffling ``DistributedSampler`` for
+    training, a :class:`ShardSampler` (each image scored once) for evaluation. Without a process group, or for a
+    loader that is already sharded (or not a DataLoader), ``loader`` itself."""
+    if not (is_initialized() and isinstance(loader, DataLoader)) or isinstance(loader.sampler, _SHARDED):
+        return loader
+    if loader.batch_size is None:
+        raise ValueError(
+            "under torch.distributed pass DataLoaders with a batch_size and a DistributedSampler "
+            "(seglearn.distributed.train_sampler / eval_sampler); this one cannot be sharded automatically"
+        )
+    if train:
+        sampler = DistributedSampler(loader.dataset, shuffle=isinstance(loader.sampler, RandomSampler), seed=seed)
+    else:
+        sampler = ShardSampler(loader.dataset)
+    keys = ("num_workers", "collate_fn", "pin_memory", "drop_last", "timeout", "worker_init_fn", "generator")
+    kw = {k: getattr(loader, k) for k in keys}
+    if loader.num_workers > 0:
+        kw.update(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, **kw)
+
+
+def set_sampler_epoch(loader: object, epoch: int) -> None:
+    """Tell a loader's ``DistributedSampler`` the epoch (its shuffle order depends on it); no-op for others."""
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is set on any rank (one tiny all-reduce), so that all ranks stop together."""
+    if not is_initialized():
+        return flag
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """``t`` summed over all ranks, in place (``t`` itself without a process group)."""
+    if is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank: each rank updated them on its own
+    batches, and DDP syncs gradients, not buffers."""
+    if is_initialized():
+        for buffer in unwrap_model(model).buffers():
+            dist.broadcast(buffer, src=0)

@@ -1,39 +1,39 @@
-"""Training and inference: ``fit`` (poly schedule, AMP, checkpoints, exact resume, DDP), ``evaluate``, ``predict``."""
+"""Training and inference: ``train_one_epoch``, ``evaluate``, ``predict``, and ``fit``, a short loop over them.
+
+Laid out as torchvision's ``references/segmentation/train.py``: one function trains an epoch, one scores a loader,
+and ``fit`` ties them to the poly schedule, checkpoints (:mod:`seglearn.checkpoint`), seeding
+(:mod:`seglearn.seeding`) and torch.distributed (:mod:`seglearn.distributed`).
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from .checkpoint import (
-    find_random_transforms,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-    seed_everything,
-    seed_worker_transforms,
-    training_state,
-)
-from .distributed import ShardSampler, get_rank, unwrap_model
+from . import distributed as D
+from .checkpoint import Checkpointer, TrainingState
 from .history import History
 from .memory import peak_memory_mib, reset_peak_memory
 from .metrics import ConfusionMatrix, SegScores
-from .models.shell import logits_of, resize_to
+from .models import logits_of
+
+try:
+    from .models import resize_to
+except ImportError:  # TEMPORARY until seglearn.models exports resize_to (H1, issue 13)
+    from .models.shell import resize_to
 from .progress import LivePlot, in_notebook, progress_bar
 from .schedules import PolyLR, build_optimizer
+from .seeding import seed_everything, use_worker_seeding
 
-__all__ = ["fit", "evaluate", "predict", "default_device", "build_optimizer"]
+__all__ = ["fit", "train_one_epoch", "EpochStats", "evaluate", "predict", "default_device", "build_optimizer"]
 
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -91,31 +91,113 @@ def _to_device(images: Tensor, masks: Tensor, device: torch.device, channels_las
     return images, masks.to(device, non_blocking=True).long()
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+def _averaged_probs(net: nn.Module, x: Tensor, scales: Sequence[float], flip: bool) -> Tensor:
+    """Softmax (N, C, H, W) at ``x``'s size, averaged over input ``scales`` and, with ``flip``, horizontal flips."""
+    h, w = x.shape[-2:]
+    total: Tensor | None = None
+    for s in scales:
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for flipped in (False, True) if flip else (False,):
+            logits = logits_of(net(xs.flip(-1) if flipped else xs)).float()
+            probs = resize_to(logits.flip(-1) if flipped else logits, (h, w)).softmax(1)
+            total = probs if total is None else total + probs
+    return total / (len(scales) * (2 if flip else 1))
 
 
-_SHARDED = (DistributedSampler, ShardSampler)
+def _check_scales(scales: Sequence[float]) -> None:
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"scales must be positive numbers, got {scales!r}")
 
 
-def _sharded(loader: DataLoader | None, train: bool, seed: int) -> DataLoader | None:
-    """Under torch.distributed, the same loader over this rank's shard (a loader already sharded is kept)."""
-    if not (_distributed() and isinstance(loader, DataLoader)) or isinstance(loader.sampler, _SHARDED):
-        return loader
-    if loader.batch_size is None:
-        raise ValueError(
-            "under torch.distributed pass DataLoaders with a batch_size and a DistributedSampler "
-            "(seglearn.distributed.train_sampler / eval_sampler); this one cannot be sharded automatically"
-        )
-    if train:
-        sampler = DistributedSampler(loader.dataset, shuffle=isinstance(loader.sampler, RandomSampler), seed=seed)
-    else:
-        sampler = ShardSampler(loader.dataset)  # no padding: each image is scored exactly once
-    keys = ("num_workers", "collate_fn", "pin_memory", "drop_last", "timeout", "worker_init_fn", "generator")
-    kw = {k: getattr(loader, k) for k in keys}
-    if loader.num_workers > 0:
-        kw.update(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers)
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, **kw)
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch of :func:`train_one_epoch`: mean loss (weighted by batch size, over all ranks), images trained on
+    (all ranks), seconds in the loop (data loading included), the lr of its last step, the logits' channels."""
+
+    loss: float
+    images: int
+    seconds: float
+    lr: float
+    num_classes: int
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    loss: Callable[[Any, Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any = None,
+    *,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None,
+    grad_clip: float | None = None,
+    channels_last: bool = False,
+    progress: bool = False,
+    epoch: int = 0,
+    epochs: int = 1,
+) -> EpochStats:
+    """One pass over ``loader``: forward under autocast (``amp_dtype``), ``loss(output, masks)``, backward through
+    ``scaler``, optional gradient clipping, an optimizer step and a ``scheduler`` step per batch.
+
+    ``epoch``/``epochs`` (0-based epoch) only label the progress bar and error messages. Raises ValueError for a
+    batch of one image reaching BatchNorm, FloatingPointError for a non-finite loss (checked every step on a CPU,
+    every 20th step elsewhere: each check is a host sync). Under torch.distributed the loss and image counts are
+    summed over ranks and rank 0's BatchNorm statistics are copied to all.
+    """
+    net = D.unwrap_model(model)
+    model.train()
+    scaler = scaler if scaler is not None else torch.amp.GradScaler("cuda", enabled=False)  # a pass-through
+    in_channels = _input_channels(net)
+    bn_training = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules())
+    check_every = 1 if device.type == "cpu" else 20
+    steps = len(loader) if hasattr(loader, "__len__") else None
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    seen, num_classes, lr_used, t0 = 0, 0, math.nan, time.perf_counter()
+    bar = progress_bar(loader, enabled=progress, desc=f"epoch {epoch + 1}/{epochs}", leave=False, total=steps)
+    for step, batch in enumerate(bar):
+        images, masks = _split_batch(batch)
+        _check_batch(images, masks, in_channels)
+        if bn_training and images.shape[0] == 1:
+            raise ValueError(
+                f"a batch of one image reached BatchNorm in training (epoch {epoch + 1}, step {step + 1}): "
+                "use batch_size > 1 and DataLoader(..., drop_last=True) so no final batch of one is left"
+            )
+        images, masks = _to_device(images, masks, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            output = model(images)
+            batch_loss = loss(output, masks)
+        num_classes = num_classes or int(logits_of(output).shape[1])
+        if step % check_every == 0 or step + 1 == steps:
+            value = float(batch_loss.detach())
+            if D.any_rank(not math.isfinite(value), device):
+                raise FloatingPointError(
+                    f"loss is {value} at epoch {epoch + 1}, step {step + 1} (on some rank): lower lr, set "
+                    "grad_clip, or check the masks (labels >= num_classes that are not ignore_index?); last.pt "
+                    "keeps the last good epoch"
+                )
+            # refresh=False: shown at the bar's next throttled redraw. A forced refresh is one Jupyter widget
+            # message per step, which can overflow the output queue that nbval reads only after the cell ends.
+            img_s = seen / (time.perf_counter() - t0 + 1e-9)
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{img_s:.1f}", refresh=False)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(batch_loss).backward()
+        if grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        lr_used = optimizer.param_groups[0]["lr"]
+        scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += batch_loss.detach() * images.shape[0]
+        seen += images.shape[0]
+    bar.close()
+    D.broadcast_buffers(net)
+    totals = D.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)]))
+    mean = float(totals[0] / totals[1]) if totals[1] > 0 else math.nan  # a host sync: the epoch's work is done
+    return EpochStats(mean, int(totals[1]), time.perf_counter() - t0, float(lr_used), num_classes)
 
 
 @torch.no_grad()
@@ -126,33 +208,39 @@ def evaluate(
     device: str | torch.device | None = None,
     ignore_index: int = 255,
     *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
     amp: bool = True,
     channels_last: bool = False,
     progress: bool = False,
 ) -> SegScores:
     """Scores of ``model`` on every (image, mask) batch of ``loader``, from one dataset-wide confusion matrix.
 
+    ``scales``/``flip`` as :func:`predict`: the prediction is the argmax of the softmax averaged over the input
+    scales and, with ``flip``, horizontal flips (the default is the plain argmax of the logits).
     ``num_classes=None`` takes the model's output channels. Under torch.distributed the matrices of all ranks are
     summed before scoring (give each rank a disjoint shard, e.g. ``seglearn.distributed.eval_sampler``).
     """
-    net = unwrap_model(model)
+    _check_scales(scales)
+    net = D.unwrap_model(model)
     device = torch.device(device) if device is not None else next(net.parameters()).device
     net.to(device)
     was_training = net.training
     net.eval()
     amp_dtype = _amp_dtype(device, amp)
     in_channels = _input_channels(net)
+    plain = tuple(scales) == (1.0,) and not flip
     cm = ConfusionMatrix(num_classes, ignore_index, device=device) if num_classes is not None else None
     try:
-        for batch in progress_bar(loader, enabled=progress and get_rank() == 0, desc="eval", leave=False):
+        for batch in progress_bar(loader, enabled=progress and D.get_rank() == 0, desc="eval", leave=False):
             images, masks = _split_batch(batch)
             _check_batch(images, masks, in_channels)
             images, masks = _to_device(images, masks, device, channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = logits_of(net(images))
+                scores = logits_of(net(images)) if plain else _averaged_probs(net, images, scales, flip)
             if cm is None:
-                cm = ConfusionMatrix(logits.shape[1], ignore_index, device=device)
-            cm.update(logits.argmax(1), masks)
+                cm = ConfusionMatrix(scores.shape[1], ignore_index, device=device)
+            cm.update(scores.argmax(1), masks)
     finally:
         net.train(was_training)
     if cm is None:
@@ -171,221 +259,138 @@ def predict(model: nn.Module, images: Tensor, scales: Sequence[float] = (1.0,), 
     if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim not in (3, 4):
         got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"predict expects a float tensor (N, 3, H, W) or (3, H, W), normalized; got {got}")
-    if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"scales must be positive numbers, got {scales!r}")
+    _check_scales(scales)
     x = images[None] if images.ndim == 3 else images
-    net = unwrap_model(model)
-    device = next(net.parameters()).device
-    x = x.to(device)
-    h, w = x.shape[-2:]
+    net = D.unwrap_model(model)
     was_training = net.training
     net.eval()
-    total: Tensor | None = None
     try:
-        for s in scales:
-            size = (max(1, round(h * s)), max(1, round(w * s)))
-            xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            for flipped in (False, True) if flip else (False,):
-                logits = logits_of(net(xs.flip(-1) if flipped else xs)).float()
-                probs = resize_to(logits.flip(-1) if flipped else logits, (h, w)).softmax(1)
-                total = probs if total is None else total + probs
+        probs = _averaged_probs(net, x.to(next(net.parameters()).device), scales, flip)
     finally:
         net.train(was_training)
-    return (total / (len(scales) * (2 if flip else 1))).to(images.device)
+    return probs.to(images.device)
 
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` is set on any rank (one tiny all-reduce), so that all ranks stop together."""
-    if not _distributed():
-        return flag
-    t = torch.tensor(float(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+def _recipe(opt: torch.optim.Optimizer, optimizer: Any, poly_power: float, warmup_iters: int, recipe: Any) -> dict:
+    """What a resumed run must share with the one that wrote the checkpoint: the optimizer's settings as it was
+    built (an instance's own), the schedule, and the caller's ``recipe``."""
+    group = opt.param_groups[0]
+    return {
+        "lr": float(group.get("initial_lr", group["lr"])),
+        "optimizer": optimizer.lower() if isinstance(optimizer, str) else type(opt).__name__,
+        "weight_decay": group.get("weight_decay"),
+        "momentum": group.get("momentum"),
+        "poly_power": float(poly_power),
+        "warmup_iters": int(warmup_iters),
+        **dict(recipe or {}),
+    }
+
+
+def _check_fit_args(epochs: int, val_every: int, resume: bool, checkpoint_dir: Any) -> None:
+    if epochs < 1 or val_every < 1:
+        raise ValueError(f"epochs and val_every must be >= 1, got epochs={epochs}, val_every={val_every}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir= (the folder holding last.pt)")
+
+
+def _steps(loader: Any) -> int:
+    steps = len(loader)
+    if steps == 0:
+        raise ValueError("train_loader yields no batches (dataset smaller than batch_size with drop_last=True?)")
+    return steps
+
+
+def _default_loss(loss: Callable | None, device: torch.device) -> Callable[[Any, Tensor], Tensor]:
+    if loss is None:
+        from .losses import SegLoss  # imported here: losses is not needed by evaluate/predict users
+
+        loss = SegLoss()
+    return loss.to(device) if isinstance(loss, nn.Module) else loss
+
+
+def _show_epoch(bar: Any, plot: LivePlot | None, history: History) -> None:
+    epoch = history.epochs
+    miou = history.val[-1].miou if history.val_epochs[-1:] == [epoch] else None
+    bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", miou="-" if miou is None else f"{miou:.3f}")
+    if plot is not None:
+        plot.update(epoch, history.train_loss[-1], miou)
 
 
 def fit(
-    model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: Iterable | None = None,
-    *,
-    epochs: int,
-    lr: float,
-    optimizer: str | torch.optim.Optimizer | None = None,
-    loss: Callable[[Any, Tensor], Tensor] | None = None,
-    device: str | torch.device | None = None,
-    seed: int | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    time_budget_s: float | None = None,
-    num_classes: int | None = None,
-    weight_decay: float = 1e-4,
-    momentum: float = 0.9,
-    warmup_iters: int = 0,
-    poly_power: float = 0.9,
-    amp: bool = True,
-    channels_last: bool = False,
-    grad_clip: float | None = None,
-    val_every: int = 1,
-    progress: bool = True,
-    live_plot: bool | None = None,
-    sync_bn: bool = False,
-    model_config: dict[str, Any] | None = None,
-) -> History:
+    model: nn.Module, train_loader: Any, val_loader: Iterable | None = None, *, epochs: int, lr: float,
+    optimizer: str | torch.optim.Optimizer | None = None, loss: Callable[[Any, Tensor], Tensor] | None = None,
+    device: str | torch.device | None = None, seed: int | None = None, num_classes: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, time_budget_s: float | None = None,
+    weight_decay: float = 1e-4, momentum: float = 0.9, warmup_iters: int = 0, poly_power: float = 0.9,
+    amp: bool = True, channels_last: bool = False, grad_clip: float | None = None, val_every: int = 1,
+    progress: bool = True, live_plot: bool | None = None,
+    model_spec: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None,
+) -> History:  # fmt: skip
     """Train ``model`` with a per-iteration poly schedule; validate, checkpoint and resume. Returns a :class:`History`.
 
     ``model(images)`` may return the seglearn output dict or bare logits; ``loss(output, masks)`` defaults to
     :class:`seglearn.losses.SegLoss`. ``optimizer`` is an instance or ``"sgd"`` (default) / ``"adamw"``. On CUDA
     it trains under autocast (bf16, or fp16 with a GradScaler). ``checkpoint_dir`` gets ``last.pt`` after every
     epoch and ``best.pt`` at the best val mIoU; ``resume=True`` continues exactly from ``last.pt``.
+    ``model_spec`` is stored so that :func:`seglearn.load_model` can rebuild the model (default: the
+    ``model.model_spec`` that ``create_model`` sets); ``recipe`` (plain values) is stored with the optimizer's and
+    the schedule's settings, and resuming with any of them changed is refused (more epochs are allowed).
     ``time_budget_s`` stops after the epoch in which the budget runs out. On CUDA it resets the device's peak-memory
     counter first, so ``History.peak_memory_mib`` is this run's peak. When torch.distributed is initialized the
     model is wrapped in DistributedDataParallel, loaders are sharded, and only rank 0 writes and shows progress.
     """
-    if epochs < 1 or val_every < 1:
-        raise ValueError(f"epochs and val_every must be >= 1, got epochs={epochs}, val_every={val_every}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir= (the folder holding last.pt)")
-    rank, distributed = get_rank(), _distributed()
+    _check_fit_args(epochs, val_every, resume, checkpoint_dir)
     if seed is not None:
-        seed_everything(seed)
-        for t in find_random_transforms(getattr(train_loader, "dataset", None)):
-            t.set_random_seed(seed)
-    net = unwrap_model(model)
-    device = torch.device(device) if device is not None else default_device()
-    if device.type == "cuda" and device.index is None and distributed:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        seed_everything(seed, getattr(train_loader, "dataset", None))
+    net = D.unwrap_model(model)
+    device = D.process_device(torch.device(device) if device is not None else default_device())
     net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    train_loader = _sharded(train_loader, True, seed or 0)
-    val_loader = _sharded(val_loader, False, seed or 0)
-    if getattr(train_loader, "num_workers", 0) > 0 and train_loader.worker_init_fn is None:
-        if any(True for _ in find_random_transforms(train_loader.dataset)):
-            train_loader.worker_init_fn = seed_worker_transforms
-    steps = len(train_loader)
-    if steps == 0:
-        raise ValueError("train_loader yields no batches (dataset smaller than batch_size with drop_last=True?)")
+    train_loader = D.shard_loader(train_loader, train=True, seed=seed or 0)
+    val_loader = D.shard_loader(val_loader, train=False)
+    use_worker_seeding(train_loader)
+    steps = _steps(train_loader)
     opt = build_optimizer(optimizer or "sgd", net, lr, weight_decay, momentum)
     sched = PolyLR(opt, total_iters=epochs * steps, power=poly_power, warmup_iters=warmup_iters)
     amp_dtype = _amp_dtype(device, amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    if loss is None:
-        from .losses import SegLoss
-
-        loss = SegLoss()
-    if isinstance(loss, nn.Module):
-        loss.to(device)
-    ignore_index = int(getattr(loss, "ignore_index", 255))
-
-    history, start = History(), 0
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if resume and (ckpt_dir / "last.pt").is_file():
-        state = load_checkpoint(ckpt_dir / "last.pt", net, opt, sched, scaler, model_config=model_config)
+    loss = _default_loss(loss, device)
+    spec = model_spec if model_spec is not None else getattr(net, "model_spec", None)
+    state = TrainingState(net, opt, sched, scaler, train_loader, num_classes=num_classes, model_spec=spec,
+                          recipe=_recipe(opt, optimizer or "sgd", poly_power, warmup_iters, recipe))  # fmt: skip
+    checkpoints = Checkpointer(checkpoint_dir, write=D.get_rank() == 0) if checkpoint_dir is not None else None
+    if resume and checkpoints.restore(state):
         sched.total_iters = epochs * steps  # a resumed run may ask for more (or fewer) epochs
-        history, start = History.from_dict(state["history"]), int(state["epoch"])
-        num_classes = num_classes or state.get("num_classes")
-        restore_rng_state(state["rng"], train_loader)
-    elif resume:
-        warnings.warn(f"resume=True but {ckpt_dir / 'last.pt'} does not exist: starting from scratch", stacklevel=2)
-
-    if distributed and not isinstance(model, nn.parallel.DistributedDataParallel):
-        if sync_bn:
-            if device.type != "cuda":
-                raise ValueError("sync_bn=True needs CUDA (PyTorch syncs BatchNorm statistics only on GPUs)")
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    train_model = model if isinstance(model, nn.parallel.DistributedDataParallel) else net
-    main = rank == 0
-    show = progress and main
-    plot = LivePlot(epochs) if main and (live_plot or (live_plot is None and progress and in_notebook())) else None
-    in_channels = _input_channels(net)
-    check_every = 1 if device.type == "cpu" else 20  # a host sync per check: every step is free only on the CPU
+    train_model, history = D.wrap_if_distributed(model, device), state.history
+    show, wants_plot = progress and D.get_rank() == 0, live_plot or (live_plot is None and progress and in_notebook())
+    plot = LivePlot(epochs) if wants_plot and D.get_rank() == 0 else None
     reset_peak_memory(device)  # History.peak_memory_mib is this run's peak (on CUDA; a CPU has only the process's)
     t_start = time.perf_counter()
-
-    epoch_bar = progress_bar(range(start, epochs), enabled=show, desc="fit", unit="epoch", initial=start, total=epochs)
-    for epoch in epoch_bar:
+    bar = progress_bar(range(state.epoch, epochs), enabled=show, desc="fit", unit="epoch", initial=state.epoch,
+                       total=epochs)  # fmt: skip
+    for epoch in bar:
         t_epoch = time.perf_counter()
-        if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        train_model.train()
-        bn_training = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules())
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        seen, t_images = 0, time.perf_counter()
-        bar = progress_bar(train_loader, enabled=show, desc=f"epoch {epoch + 1}/{epochs}", leave=False, total=steps)
-        for step, batch in enumerate(bar):
-            images, masks = _split_batch(batch)
-            _check_batch(images, masks, in_channels)
-            if bn_training and images.shape[0] == 1:
-                raise ValueError(
-                    f"a batch of one image reached BatchNorm in training (epoch {epoch + 1}, step {step + 1}): "
-                    "use batch_size > 1 and DataLoader(..., drop_last=True) so no final batch of one is left"
-                )
-            images, masks = _to_device(images, masks, device, channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                output = train_model(images)
-                batch_loss = loss(output, masks)
-            if num_classes is None:
-                num_classes = int(logits_of(output).shape[1])
-            if step % check_every == 0 or step == steps - 1:
-                value = float(batch_loss.detach())
-                if _any_rank(not math.isfinite(value), device):
-                    raise FloatingPointError(
-                        f"loss is {value} at epoch {epoch + 1}, step {step + 1} (on some rank): lower lr, set "
-                        "grad_clip, or check the masks (labels >= num_classes that are not ignore_index?); last.pt "
-                        "keeps the last good epoch"
-                    )
-                # refresh=False: shown at the bar's next throttled redraw. A forced refresh is one Jupyter widget
-                # message per step, which can overflow the output queue that nbval reads only after the cell ends.
-                bar.set_postfix(
-                    loss=f"{value:.4f}", img_s=f"{seen / (time.perf_counter() - t_images + 1e-9):.1f}", refresh=False
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(batch_loss).backward()
-            if grad_clip is not None:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-            lr_used = opt.param_groups[0]["lr"]
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            loss_sum += batch_loss.detach() * images.shape[0]
-            seen += images.shape[0]
-        bar.close()
-        if distributed:  # each rank updated BatchNorm statistics on its own batches: take rank 0's everywhere
-            for buffer in net.buffers():
-                dist.broadcast(buffer, src=0)
-
-        totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)])
-        if distributed:
-            dist.all_reduce(totals)
-        epoch_loss = float(totals[0] / totals[1])  # a host sync: the GPU has finished the epoch's work
-        history.train_time.append(time.perf_counter() - t_images)
-        history.train_images.append(int(totals[1]))
-        history.train_loss.append(epoch_loss)
-        history.lr.append(float(lr_used))
+        D.set_sampler_epoch(train_loader, epoch)
+        stats = train_one_epoch(train_model, train_loader, loss, opt, sched, device=device, scaler=scaler,
+                                amp_dtype=amp_dtype, grad_clip=grad_clip, channels_last=channels_last,
+                                progress=show, epoch=epoch, epochs=epochs)  # fmt: skip
+        history.record_train(stats.loss, stats.images, stats.seconds, stats.lr)
+        state.num_classes = state.num_classes or stats.num_classes
         improved = False
         if val_loader is not None and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
-            scores = evaluate(net, val_loader, num_classes, device, ignore_index, amp=amp, channels_last=channels_last)
+            scores = evaluate(net, val_loader, state.num_classes, device, int(getattr(loss, "ignore_index", 255)),
+                              amp=amp, channels_last=channels_last)  # fmt: skip
             improved = history.record_val(epoch + 1, scores)
-        out_of_time = _any_rank(time_budget_s is not None and time.perf_counter() - t_start >= time_budget_s, device)
-        history.stopped_early = out_of_time and epoch + 1 < epochs
+        out_of_time = time_budget_s is not None and time.perf_counter() - t_start >= time_budget_s
+        history.stopped_early = D.any_rank(out_of_time, device) and epoch + 1 < epochs
         history.epoch_time.append(time.perf_counter() - t_epoch)
-        peak, history.memory_kind = peak_memory_mib(device)
-        prev = history.peak_memory_mib  # a resumed run keeps the peak of its earlier part
-        history.peak_memory_mib = peak if math.isnan(prev) else max(prev, peak)
-        if ckpt_dir is not None and main:
-            state = training_state(
-                epoch + 1, net, opt, sched, scaler, train_loader, history.to_dict(), num_classes, model_config
-            )
-            if improved:
-                save_checkpoint(state, ckpt_dir / "best.pt")
-            save_checkpoint(state, ckpt_dir / "last.pt")
-        miou = history.val[-1].miou if history.val_epochs[-1:] == [epoch + 1] else None
-        epoch_bar.set_postfix(loss=f"{epoch_loss:.4f}", miou="-" if miou is None else f"{miou:.3f}")
-        if plot is not None:
-            plot.update(epoch + 1, epoch_loss, miou)
+        history.record_memory(*peak_memory_mib(device))
+        state.epoch = epoch + 1
+        if checkpoints is not None:
+            checkpoints.save(state, best=improved)
+        _show_epoch(bar, plot, history)
         if history.stopped_early:
             break
-    epoch_bar.close()
+    bar.close()
     return history

@@ -1,4 +1,4 @@
-"""What :func:`seglearn.engine.fit` records per epoch, and its plain-data form for checkpoints."""
+"""What :func:`seglearn.engine.fit` records per epoch: its plain-data form for checkpoints, and its JSON form."""
 
 from __future__ import annotations
 
@@ -77,6 +77,18 @@ class History:
             return self.val[self.val_epochs.index(self.best_epoch)]
         return None
 
+    def record_train(self, loss: float, images: int, seconds: float, lr: float) -> None:
+        """Append one epoch's training: mean loss, images trained on, seconds in the loop, lr of its last step."""
+        self.train_loss.append(float(loss))
+        self.train_images.append(int(images))
+        self.train_time.append(float(seconds))
+        self.lr.append(float(lr))
+
+    def record_memory(self, peak_mib: float, kind: str) -> None:
+        """Keep the larger of the recorded and the new peak (a resumed run keeps the peak of its earlier part)."""
+        self.peak_memory_mib = peak_mib if math.isnan(self.peak_memory_mib) else max(self.peak_memory_mib, peak_mib)
+        self.memory_kind = kind
+
     def record_val(self, epoch: int, scores: SegScores) -> bool:
         """Append a validation result; returns True when it is a new best mIoU (NaN never is)."""
         self.val.append(scores)
@@ -101,6 +113,23 @@ class History:
             "best_miou": float(self.best_miou),
             "best_epoch": int(self.best_epoch),
             "stopped_early": bool(self.stopped_early),
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain Python lists and numbers for ``json.dumps`` (scores via :meth:`SegScores.as_dict`; NaN stays NaN)."""
+        return {
+            "train_loss": [float(x) for x in self.train_loss],
+            "val": [s.as_dict() for s in self.val],
+            "val_epochs": [int(e) for e in self.val_epochs],
+            "lr": [float(x) for x in self.lr],
+            "epoch_time": [float(x) for x in self.epoch_time],
+            "train_time": [float(x) for x in self.train_time],
+            "train_images": [int(x) for x in self.train_images],
+            "best_miou": float(self.best_miou),
+            "best_epoch": int(self.best_epoch),
+            "stopped_early": bool(self.stopped_early),
+            "peak_memory_mib": float(self.peak_memory_mib),
+            "memory_kind": self.memory_kind,
         }
 
     @classmethod

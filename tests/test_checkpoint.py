@@ -1,9 +1,9 @@
-"""Checkpoints: atomic writes, weights_only loading, clear mismatch errors, RNG capture/restore, History round trip."""
+"""Checkpoints: atomic writes, weights_only loading, what fit stores, clear mismatch errors, History's two forms."""
 
 from __future__ import annotations
 
+import json
 import math
-import random
 
 import numpy as np
 import pytest
@@ -11,13 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from seglearn.checkpoint import (
-    capture_rng_state,
-    check_state_dict,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from seglearn.checkpoint import Checkpointer, TrainingState, check_state_dict, load_checkpoint, save_checkpoint
 from seglearn.engine import fit
 from seglearn.history import History
 from seglearn.metrics import ConfusionMatrix
@@ -50,18 +44,22 @@ def fitted(tmp_path_factory):
     data = TensorDataset(images, masks)
     torch.manual_seed(0)
     model = create_model("tinyfcn", 2, width=8)
-    cfg = {"name": "tinyfcn", "num_classes": 2, "width": 8}
+    spec = {"model": "tinyfcn", "num_classes": 2, "model_kwargs": {"width": 8}}
     fit(model, DataLoader(data, batch_size=4, shuffle=True), DataLoader(data, batch_size=4), epochs=2, lr=0.1,
-        device="cpu", checkpoint_dir=d, progress=False, model_config=cfg)  # fmt: skip
-    return d, model, cfg
+        device="cpu", checkpoint_dir=d, progress=False, model_spec=spec, recipe={"run": "fixture"})  # fmt: skip
+    return d, model, spec
+
+
+RECIPE = {"lr": 0.1, "optimizer": "sgd", "weight_decay": 1e-4, "momentum": 0.9, "poly_power": 0.9, "warmup_iters": 0}
 
 
 def test_fit_checkpoint_loads_with_weights_only_and_holds_everything(fitted):
-    d, model, cfg = fitted
+    d, model, spec = fitted
     state = torch.load(d / "last.pt", weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "rng", "history", "model_config", "num_classes"):
-        assert key in state, key
-    assert state["epoch"] == 2 and state["num_classes"] == 2 and state["model_config"] == cfg
+    keys = {"epoch", "model", "optimizer", "scheduler", "scaler", "rng", "history", "num_classes", "model_spec"}
+    assert set(state) == keys | {"recipe"}
+    assert state["epoch"] == 2 and state["num_classes"] == 2 and state["model_spec"] == spec
+    assert state["recipe"] == {**RECIPE, "run": "fixture"}
     assert set(state["rng"]) >= {"torch", "cuda", "numpy", "python", "loader"}
     for k, v in model.state_dict().items():
         assert torch.equal(state["model"][k], v), k
@@ -73,10 +71,10 @@ def test_fit_checkpoint_loads_with_weights_only_and_holds_everything(fitted):
 
 
 def test_load_checkpoint_restores_model_and_optimizer(fitted):
-    d, model, cfg = fitted
+    d, model, spec = fitted
     fresh = create_model("tinyfcn", 2, width=8)
     opt = torch.optim.SGD(fresh.parameters(), lr=1.0, momentum=0.9)
-    state = load_checkpoint(d / "last.pt", fresh, opt, model_config=cfg)
+    state = load_checkpoint(d / "last.pt", fresh, opt, recipe={**RECIPE, "run": "fixture"}, model_spec=spec)
     assert state["epoch"] == 2
     for (k, a), b in zip(fresh.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
@@ -84,15 +82,17 @@ def test_load_checkpoint_restores_model_and_optimizer(fitted):
 
 
 def test_another_model_is_named_in_the_error(fitted):
-    d, _, cfg = fitted
+    d, _, spec = fitted
     with pytest.raises(ValueError, match=r"shape mismatches: .*\(2, 32, 1, 1\) in the checkpoint vs \(5, 32, 1, 1\)"):
         load_checkpoint(d / "last.pt", create_model("tinyfcn", 5, width=8))
     with pytest.raises(
-        ValueError, match=r"saved from model config .*missing keys: 0\.weight, 0\.bias; unexpected keys: b"
+        ValueError, match=r"saved from model spec .*missing keys: 0\.weight, 0\.bias; unexpected keys: b"
     ):
         load_checkpoint(d / "last.pt", nn.Sequential(nn.Conv2d(3, 2, 1)))
-    with pytest.raises(ValueError, match="was written for model config"):
-        load_checkpoint(d / "last.pt", create_model("tinyfcn", 2, width=8), model_config={**cfg, "width": 4})
+    with pytest.raises(ValueError, match="was written for model"):
+        load_checkpoint(d / "last.pt", create_model("tinyfcn", 2, width=8), model_spec={**spec, "num_classes": 4})
+    with pytest.raises(ValueError, match=rf"{d} holds a run of another recipe \(run: 'fixture' there, unset here\)"):
+        load_checkpoint(d / "last.pt", recipe=RECIPE)
 
 
 def test_missing_or_foreign_files_are_explained(tmp_path):
@@ -109,31 +109,6 @@ def test_check_state_dict_accepts_a_match_and_sees_through_ddp_names():
     bad = {f"module.{k}": v for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=r"missing keys: 0\.weight, 0\.bias, 1\.weight \(\+\d+ more\)"):
         check_state_dict(bad, model)
-
-
-def _draws(loader, compose) -> tuple:
-    order = [int(batch[0]) for batch in loader]
-    image = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    augmented = [compose(image=image)["image"].tolist() for _ in range(4)]
-    return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)], order, augmented
-
-
-def test_rng_capture_restores_every_generator_an_epoch_uses(tmp_path):
-    import albumentations as A
-
-    class Augmented(TensorDataset):
-        transforms = A.Compose([A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=0.5)])
-
-    data = Augmented(torch.arange(16))
-    loader = DataLoader(data, batch_size=1, shuffle=True, generator=torch.Generator().manual_seed(1))
-    save_checkpoint({"rng": capture_rng_state(loader)}, tmp_path / "rng.pt")
-    first = _draws(loader, data.transforms)
-    assert _draws(loader, data.transforms) != first  # every generator moved on
-    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"], loader)
-    assert _draws(loader, data.transforms) == first
-    other = DataLoader(data, batch_size=1, shuffle=True)  # no generator of its own: cannot take this state
-    with pytest.raises(ValueError, match="train loader differs"):
-        restore_rng_state(capture_rng_state(loader), other)
 
 
 def test_history_round_trip_keeps_nan_and_arrays():
@@ -153,26 +128,44 @@ def test_history_round_trip_keeps_nan_and_arrays():
     old = {k: v for k, v in h.to_dict().items() if k not in ("train_time", "train_images")}
     assert History.from_dict(old).train_time == []  # a checkpoint from before throughput was recorded still loads
 
+    assert History.from_dict(h.to_dict()).to_dict().keys() == h.to_dict().keys()
 
-def test_worker_seeding_gives_each_worker_and_epoch_its_own_reproducible_augmentations():
-    import albumentations as A
 
-    from seglearn.checkpoint import seed_worker_transforms
+def test_history_as_json_is_plain_and_keeps_every_record():
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, 0]]))
+    h = History()
+    h.record_train(1.5, 30, 1.5, 0.1)
+    h.record_val(1, cm.compute())
+    h.epoch_time.append(2.0)
+    h.record_memory(100.0, "process peak RSS")
+    h.record_memory(90.0, "process peak RSS")  # the peak is kept
+    d = json.loads(json.dumps(h.as_json()))
+    assert d["train_loss"] == [1.5] and d["train_images"] == [30] and d["lr"] == [0.1] and d["val_epochs"] == [1]
+    assert d["val"][0] == json.loads(json.dumps(cm.compute().as_dict()))
+    assert math.isnan(d["val"][0]["iou"][2])  # the absent class: NaN, as scores.json writes it
+    assert d["best_epoch"] == 1 and d["peak_memory_mib"] == 100.0 and d["memory_kind"] == "process peak RSS"
+    assert set(d) >= {"epoch_time", "train_time", "best_miou", "stopped_early"}
 
-    class Draws(torch.utils.data.Dataset):
-        transforms = A.Compose([A.HorizontalFlip(p=0.5)])
 
-        def __len__(self):
-            return 4
-
-        def __getitem__(self, i):
-            return torch.tensor(self.transforms.transforms[0].random_generator.random())
-
-    def epochs(seed: int) -> list[list[float]]:
-        loader = DataLoader(Draws(), batch_size=2, num_workers=2, worker_init_fn=seed_worker_transforms,
-                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
-        return [torch.cat(list(loader)).tolist() for _ in range(2)]
-
-    first = epochs(0)
-    assert len({round(x, 12) for e in first for x in e}) == 8  # no worker or epoch repeats another's draws
-    assert epochs(0) == first and epochs(1) != first
+def test_checkpointer_writes_last_and_best_and_restores_the_state(fitted, tmp_path):
+    d, model, spec = fitted
+    net = create_model("tinyfcn", 2, width=8)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    state = TrainingState(net, opt, sched, None, None, model_spec=spec)
+    assert Checkpointer(d).restore(state)  # fitted's last.pt (recipe=None: not compared)
+    assert state.epoch == 2 and state.history.epochs == 2 and state.num_classes == 2
+    for (k, a), b in zip(net.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    out = Checkpointer(tmp_path / "out")
+    out.save(state)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["last.pt"]
+    out.save(state, best=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["best.pt", "last.pt"]
+    Checkpointer(tmp_path / "rank1", write=False).save(state, best=True)
+    assert not (tmp_path / "rank1").exists()
+    with pytest.warns(UserWarning, match="starting from scratch"):
+        assert not Checkpointer(tmp_path / "none").restore(state)
+    with pytest.raises(ValueError, match="model_spec .* is not plain data"):
+        TrainingState(net, opt, sched, None, None, model_spec={"model": nn.Conv2d})

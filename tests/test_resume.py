@@ -57,7 +57,7 @@ CHILD = textwrap.dedent(
         train = DataLoader(Scenes(8, 0, kill_at), batch_size=2, shuffle=True)
         val = DataLoader(Scenes(4, 1), batch_size=2)
         h = fit(model, train, val, epochs=3, lr=0.1, seed=5, device="cpu", checkpoint_dir=ckpt, resume=resume,
-                progress=False, model_config={"name": "tinyfcn", "num_classes": 3, "width": 8})
+                progress=False, recipe={"run": "child"})
         return model.state_dict(), h
 
     if __name__ == "__main__":
@@ -127,10 +127,12 @@ def test_stop_on_time_budget_then_resume_is_exact_with_augmentations(scenes, tmp
         assert torch.equal(a, b), k
 
 
-def test_resume_of_a_finished_run_returns_its_history(scenes, tmp_path):
+def test_resume_of_a_finished_run_returns_its_history_and_may_add_epochs(scenes, tmp_path):
     _, h = _run(scenes, tmp_path, epochs=1)
     model, again = _run(scenes, tmp_path, epochs=1, resume=True, init_seed=5)
     assert again.train_loss == h.train_loss and again.val_epochs == [1]
+    _, longer = _run(scenes, tmp_path, epochs=2, resume=True)  # more epochs is the same recipe, continued
+    assert longer.epochs == 2 and longer.train_loss[0] == h.train_loss[0]
 
 
 def test_resume_without_a_checkpoint_warns_and_starts_fresh(scenes, tmp_path):
@@ -139,14 +141,35 @@ def test_resume_without_a_checkpoint_warns_and_starts_fresh(scenes, tmp_path):
     assert h.epochs == 1
 
 
-def test_resume_with_another_model_or_config_is_refused(scenes, tmp_path):
-    train, val = scenes
-    _run(scenes, tmp_path, epochs=1, model_config={"name": "tinyfcn", "width": 8})
+SPEC = {"model": "tinyfcn", "num_classes": 11, "model_kwargs": {"width": 8}}
+
+
+def test_resume_with_another_model_is_refused(scenes, tmp_path):
+    train, _ = scenes
+    _run(scenes, tmp_path, epochs=1, model_spec=SPEC)
     loader = DataLoader(train, batch_size=2)
     wider = create_model("tinyfcn", train.num_classes, width=16)
+    with pytest.raises(ValueError, match=r"was written for model .*'width': 8.*not .*'width': 16"):
+        fit(wider, loader, epochs=2, lr=0.05, checkpoint_dir=tmp_path, resume=True, progress=False,
+            model_spec={**SPEC, "model_kwargs": {"width": 16}})  # fmt: skip
+    wider.model_spec = None  # no spec to compare: the state dict's shapes still tell
     with pytest.raises(ValueError, match=r"shape mismatches: .*\(8, 3, 3, 3\) in the checkpoint vs \(16, 3, 3, 3\)"):
-        fit(wider, loader, epochs=2, lr=0.1, checkpoint_dir=tmp_path, resume=True, progress=False)
+        fit(wider, loader, epochs=2, lr=0.05, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+
+def test_resume_with_another_recipe_names_the_keys_and_the_folder(scenes, tmp_path):
+    train, _ = scenes
+    _run(scenes, tmp_path, epochs=1, recipe={"run": "a", "crop": (32, 48)})
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["recipe"] == {"lr": 0.05, "optimizer": "sgd", "weight_decay": 1e-4, "momentum": 0.9,
+                               "poly_power": 0.9, "warmup_iters": 0, "run": "a", "crop": (32, 48)}  # fmt: skip
+    loader = DataLoader(train, batch_size=2)
     same = create_model("tinyfcn", train.num_classes, width=8)
-    with pytest.raises(ValueError, match="model config"):
-        fit(same, loader, epochs=2, lr=0.1, checkpoint_dir=tmp_path, resume=True, progress=False,
-            model_config={"name": "unet", "width": 8})  # fmt: skip
+    with pytest.raises(ValueError, match=rf"{tmp_path}.*run: 'a' there, 'b' here.*delete {tmp_path}"):
+        fit(same, loader, epochs=2, lr=0.05, checkpoint_dir=tmp_path, resume=True, progress=False,
+            recipe={"run": "b", "crop": [32, 48]})  # fmt: skip
+    with pytest.raises(ValueError, match=r"lr: 0.05 there, 0.1 here; optimizer: 'sgd' there, 'adamw' here"):
+        fit(same, loader, epochs=2, lr=0.1, optimizer="adamw", checkpoint_dir=tmp_path, resume=True,
+            progress=False, recipe={"run": "a", "crop": [32, 48]})  # fmt: skip
+    with pytest.raises(ValueError, match=r"recipe .* is not plain data"):
+        fit(same, loader, epochs=1, lr=0.05, progress=False, recipe={"loss": torch.nn.CrossEntropyLoss()})
