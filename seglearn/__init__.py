@@ -11,7 +11,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "create_model": "seglearn.models",
     "list_models": "seglearn.models",
+    "load_model": "seglearn.model_file",
     "fit": "seglearn.engine",
+    "train_one_epoch": "seglearn.engine",
     "evaluate": "seglearn.engine",
     "predict": "seglearn.engine",
     "setup_notebook": "seglearn.notebook",
