@@ -24,6 +24,7 @@ __all__ = [
     "to_image",
     "overlay",
     "gallery",
+    "prediction_grid",
     "plot_history",
     "plot_confusion",
     "plot_class_iou",
@@ -157,11 +158,9 @@ def gallery(
     ``preds``: (N, H, W) labels (``preds`` may be (N, C, H, W) logits, or None to show image | truth only).
     ``titles``: one label per row. A legend lists the classes present in the truths.
     """
-    if isinstance(preds, torch.Tensor) and preds.dim() == 4:
-        preds = preds.argmax(1)
     imgs = [to_image(im) for im in _batch(images)]
     gts = [t.astype(np.int64) for t in _batch(truths)]
-    prs = None if preds is None else [p.astype(np.int64) for p in _batch(preds)]
+    prs = None if preds is None else [p.astype(np.int64) for p in _batch(_labels(preds))]
     n = len(imgs)
     if len(gts) != n or (prs is not None and len(prs) != n):
         raise ValueError(f"got {n} images, {len(gts)} truths and {len(prs or [])} predictions: pass one of each")
@@ -194,6 +193,49 @@ def gallery(
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
     return fig
+
+
+def prediction_grid(
+    images: Any,
+    truths: Any,
+    preds: Mapping[str, Any],
+    palette: Any,
+    classes: Sequence[str] | None = None,
+    ignore_index: int = 255,
+) -> Figure:
+    """The same images through several models: one row per image, columns image | truth | one per model.
+
+    ``images``: (N, 3, H, W) normalized tensor or a list of images; ``truths``: (N, H, W) labels; ``preds``: model
+    name -> its (N, H, W) labels (or (N, C, H, W) logits), in column order. A legend lists the classes in the truths.
+    """
+    imgs = [to_image(im) for im in _batch(images)]
+    gts = [t.astype(np.int64) for t in _batch(truths)]
+    columns = {name: [p.astype(np.int64) for p in _batch(_labels(pred))] for name, pred in preds.items()}
+    bad = {name: len(p) for name, p in columns.items() if len(p) != len(imgs)}
+    if len(gts) != len(imgs) or bad:
+        raise ValueError(f"got {len(imgs)} images, {len(gts)} truths and predictions {bad}: pass one of each per image")
+    pal, titles = _palette(palette), ["image", "truth", *columns]
+    rows, (h, w) = len(imgs), imgs[0].shape[:2]
+    fig, axes = plt.subplots(rows, len(titles), figsize=(1.7 * len(titles), 1.7 * rows * h / w + 0.9), squeeze=False)
+    for i in range(rows):
+        panels = [imgs[i], decode_mask(gts[i], pal, ignore_index)]
+        panels += [decode_mask(p[i], pal, ignore_index) for p in columns.values()]
+        for j, (ax, panel) in enumerate(zip(axes[i], panels, strict=True)):
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(titles[j], fontsize="small")
+    handles = _legend_handles(np.concatenate([g.ravel() for g in gts]), pal, _names(classes, len(pal)))
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
+    return fig
+
+
+def _labels(pred: Any) -> Any:
+    """Logits (N, C, H, W) -> labels (N, H, W); labels pass through."""
+    return pred.argmax(1) if isinstance(pred, torch.Tensor) and pred.dim() == 4 else pred
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -27,6 +27,7 @@ from seglearn.plot import (  # noqa: E402
     plot_class_iou,
     plot_confusion,
     plot_history,
+    prediction_grid,
     to_image,
 )
 
@@ -162,6 +163,23 @@ def test_gallery_variants(sample):
     assert len(data_only.axes) == 4
     with pytest.raises(ValueError, match="one of each"):
         gallery(normalized, truths[:2], preds, PALETTE)
+
+
+def test_prediction_grid_one_column_per_model(sample):
+    images, normalized, truths, preds = sample
+    logits = torch.nn.functional.one_hot(preds, 5).permute(0, 3, 1, 2).float()
+    fig = prediction_grid(normalized[:2], truths[:2], {"a": preds[:2], "b": logits[:2], "c": preds[:2].numpy()},
+                          PALETTE, classes=NAMES)  # fmt: skip
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 * 5  # 2 rows x (image | truth | a | b | c)
+    assert [ax.get_title() for ax in fig.axes[:5]] == ["image", "truth", "a", "b", "c"]
+    assert all(ax.get_title() == "" for ax in fig.axes[5:])  # titles on the first row only
+    assert np.array_equal(np.asarray(fig.axes[0].images[0].get_array()), images[0].numpy())
+    assert np.array_equal(np.asarray(fig.axes[6].images[0].get_array()), decode_mask(truths[1], PALETTE))
+    for col in (2, 3, 4):  # labels, logits and numpy arrays give the same coloured prediction
+        assert np.array_equal(np.asarray(fig.axes[5 + col].images[0].get_array()), decode_mask(preds[1], PALETTE))
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == NAMES[:4]  # classes of the truths, void left out
+    with pytest.raises(ValueError, match="one of each per image"):
+        prediction_grid(normalized[:2], truths[:2], {"a": preds[:1]}, PALETTE)
 
 
 def _history(val: bool) -> History:
