@@ -83,6 +83,19 @@ def test_wrap_model_in_one_process_only_moves_it():
     assert D.unwrap_model(model) is model
 
 
+def test_fits_helpers_are_no_ops_without_a_process_group():
+    from torch.utils.data import DataLoader
+
+    model = nn.Conv2d(3, 4, 1)
+    assert D.wrap_if_distributed(model, torch.device("cpu")) is model
+    loader = DataLoader(list(range(4)), batch_size=2, shuffle=True)
+    assert D.shard_loader(loader, train=True) is loader and D.shard_loader(None, train=False) is None
+    assert D.any_rank(True, torch.device("cpu")) and not D.any_rank(False, torch.device("cpu"))
+    t = torch.ones(2)
+    assert D.all_reduce_sum(t) is t and t.tolist() == [1.0, 1.0]
+    assert D.process_device(torch.device("cuda")) == torch.device("cuda")  # no group: no LOCAL_RANK index
+
+
 def test_sync_bn_on_cpu_is_refused_with_advice():
     info = D.DistInfo(0, 2, 0, torch.device("cpu"))
     with pytest.raises(ValueError, match="drop --sync-bn"):
@@ -120,14 +133,14 @@ def test_torchrun_job_writes_run_files_once(ddp_run):
 def test_merged_val_scores_equal_one_process_evaluate(ddp_run):
     from torch.utils.data import DataLoader
 
-    from seglearn.cli import load_model
     from seglearn.data import build_dataset, eval_transforms
     from seglearn.engine import evaluate
+    from seglearn.model_file import load_model
 
-    model, meta = load_model(ddp_run / "model.pt")
+    model, meta = load_model(ddp_run / "model.pt", return_meta=True)
     # 5 val scenes: rank 0 scores 3 and rank 1 scores 2 (no padding), so only an exact merge matches.
     val = build_dataset("synthetic", "val", num_images=5, size=(32, 48), transforms=eval_transforms())
-    single = evaluate(model, DataLoader(val, batch_size=2), meta["num_classes"], device="cpu")
+    single = evaluate(model, DataLoader(val, batch_size=2), meta["model_spec"]["num_classes"], device="cpu")
     merged = json.loads((ddp_run / "scores.json").read_text())
     assert merged["pixel_acc"] == pytest.approx(single.pixel_acc, abs=1e-9)
     assert merged["miou"] == pytest.approx(single.miou, abs=1e-9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import types
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from seglearn.engine import build_optimizer, default_device, evaluate, fit, predict
+from seglearn.engine import EpochStats, build_optimizer, default_device, evaluate, fit, predict, train_one_epoch
 from seglearn.metrics import ConfusionMatrix
 from seglearn.models import create_model
 from seglearn.progress import LivePlot, in_notebook
@@ -106,6 +107,43 @@ def test_val_scores_equal_an_independent_evaluation(trained, data):
     assert scores.miou == ref.miou == h.val[-1].miou
     assert scores.pixel_acc == ref.pixel_acc
     assert evaluate(model, data[1], None).miou == ref.miou  # num_classes inferred from the logits
+
+
+def test_train_one_epoch_on_its_own(data):
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
+    loss = lambda output, masks: F.cross_entropy(output["out"], masks, ignore_index=255)  # noqa: E731
+    first = train_one_epoch(model, data[0], loss, opt, sched, device=torch.device("cpu"))
+    assert isinstance(first, EpochStats) and first.images == 16 and first.num_classes == NUM_CLASSES
+    assert first.seconds > 0 and math.isfinite(first.loss) and sched.last_epoch == len(data[0])
+    assert first.lr == pytest.approx(0.1 / len(data[0]))  # the lr its last step used
+    second = train_one_epoch(model, data[0], loss, opt, device=torch.device("cpu"), grad_clip=1.0, epoch=1, epochs=2)
+    assert second.loss < first.loss and model.training
+
+
+def test_evaluate_with_scales_and_flip_scores_the_averaged_prediction(trained, data):
+    model, _ = trained
+    assert evaluate(model, data[1], NUM_CLASSES, scales=(1.0,)).miou == evaluate(model, data[1], NUM_CLASSES).miou
+    for kw in ({"scales": (0.75, 1.25)}, {"flip": True}, {"scales": (0.5, 1.0), "flip": True}):
+        cm = ConfusionMatrix(NUM_CLASSES)
+        for x, y in data[1]:
+            cm.update(predict(model, x, **kw).argmax(1), y)
+        scores = evaluate(model, data[1], NUM_CLASSES, **kw)
+        assert scores.miou == cm.compute().miou and scores.pixel_acc == cm.compute().pixel_acc, kw
+    eq = FlipEquivariant()
+    assert evaluate(eq, data[1], NUM_CLASSES, flip=True).miou == evaluate(eq, data[1], NUM_CLASSES).miou
+    with pytest.raises(ValueError, match="scales"):
+        evaluate(model, data[1], NUM_CLASSES, scales=())
+
+
+def test_fit_is_a_short_loop_and_leaves_ddp_to_seglearn_distributed():
+    import seglearn.engine as engine
+
+    assert len(inspect.getsourcelines(fit)[0]) <= 80  # signature and docstring included
+    assert all(len(inspect.getsourcelines(f)[0]) <= 80 for f in vars(engine).values() if inspect.isfunction(f))
+    source = inspect.getsource(engine)
+    assert "DistributedDataParallel(" not in source and "import torch.distributed" not in source
 
 
 def test_seed_makes_a_cpu_run_reproducible(data):
