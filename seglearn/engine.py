@@ -359,12 +359,13 @@ def fit(
     spec = model_spec if model_spec is not None else getattr(net, "model_spec", None)
     state = TrainingState(net, opt, sched, scaler, train_loader, num_classes=num_classes, model_spec=spec,
                           recipe=_recipe(opt, optimizer or "sgd", poly_power, warmup_iters, recipe))  # fmt: skip
-    checkpoints = Checkpointer(checkpoint_dir, write=D.get_rank() == 0) if checkpoint_dir is not None else None
+    main = D.get_rank() == 0  # the process that writes files and shows progress
+    checkpoints = Checkpointer(checkpoint_dir, write=main) if checkpoint_dir is not None else None
     if resume and checkpoints.restore(state):
         sched.total_iters = epochs * steps  # a resumed run may ask for more (or fewer) epochs
     train_model, history = D.wrap_if_distributed(model, device), state.history
-    show, wants_plot = progress and D.get_rank() == 0, live_plot or (live_plot is None and progress and in_notebook())
-    plot = LivePlot(epochs) if wants_plot and D.get_rank() == 0 else None
+    show = progress and main
+    plot = LivePlot(epochs) if main and (live_plot or (live_plot is None and progress and in_notebook())) else None
     reset_peak_memory(device)  # History.peak_memory_mib is this run's peak (on CUDA; a CPU has only the process's)
     t_start = time.perf_counter()
     bar = progress_bar(range(state.epoch, epochs), enabled=show, desc="fit", unit="epoch", initial=state.epoch,
