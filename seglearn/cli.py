@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,113 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from seglearn import distributed as D
-from seglearn.record import run_record
+from seglearn.job import CLASS_WEIGHTS, OPTIMIZERS, JobError, TrainJob, run_train_job, size_pair
 
-MODEL_FILE = "model.pt"
-SYNTHETIC_SIZE = (96, 128)
+# The train options' defaults are TrainJob's: one list of defaults for the CLI, the demo and Python callers.
+JOB = {f.name: f.default for f in dataclasses.fields(TrainJob) if f.default is not dataclasses.MISSING}
 
 
 class UsageError(Exception):
     """A mistake in the command line or its inputs: reported as ``seglearn: error: ...`` with exit code 2."""
-
-
-def _crop(values: Sequence[int], flag: str = "--crop") -> tuple[int, int]:
-    if len(values) not in (1, 2) or min(values) < 1:
-        raise UsageError(f"{flag} takes one or two positive ints (H W), got {' '.join(map(str, values))}")
-    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
-
-
-# ---------------------------------------------------------------- data and models
-
-
-def _datasets(args: argparse.Namespace, crop: tuple[int, int] | None, splits: Sequence[str]) -> list[Dataset]:
-    """Datasets for ``splits``: the first gets the training preset when ``crop`` is given, the others eval."""
-    from seglearn import data
-
-    out = []
-    for i, split in enumerate(splits):
-        scale = tuple(getattr(args, "scale", None) or (0.5, 2.0))
-        tf = data.train_transforms(crop, scale=scale) if crop is not None and i == 0 else data.eval_transforms()
-        kw: dict[str, Any] = {"preload": getattr(args, "preload", False)}  # synthetic ignores it
-        if args.dataset == "synthetic":
-            n = args.num_images if split == "train" else max(4, args.num_images // 4)
-            kw.update(num_images=n, size=_crop(args.image_size or crop or SYNTHETIC_SIZE, "--image-size"))
-        try:
-            out.append(data.build_dataset(args.dataset, split, root=args.root, transforms=tf, **kw))
-        except (OSError, ValueError, RuntimeError) as err:  # a missing folder, or a bad file found by --preload
-            raise UsageError(str(err)) from None
-    return out
-
-
-def _loader(ds: Dataset, args: argparse.Namespace, train: bool) -> DataLoader:
-    from seglearn.data.base import worker_context
-
-    sampler = D.train_sampler(ds, seed=args.seed) if train else D.eval_sampler(ds)
-    return DataLoader(
-        ds,
-        batch_size=args.batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        drop_last=train and len(ds) > args.batch_size,
-        num_workers=args.workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=args.workers > 0,
-        multiprocessing_context=worker_context(ds, args.workers),
-    )
-
-
-def save_model(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Write a self-describing checkpoint: the weights plus what ``load_model`` needs to rebuild the model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**meta, "state_dict": D.unwrap_model(model).state_dict()}, path)
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from ``<out>/model.pt`` (or fit's ``checkpoints/last.pt``/``best.pt``).
-
-    Returns ``(model in eval mode on device, meta)``; meta has ``model``, ``num_classes``, ``dataset``, ``classes``
-    and ``palette``.
-    """
-    from seglearn.data import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, voc_palette
-    from seglearn.models import create_model
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} not found; pass the model.pt that `seglearn train` wrote under --out")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(ckpt, dict) and "state_dict" in ckpt:
-        meta, state = {k: v for k, v in ckpt.items() if k != "state_dict"}, ckpt["state_dict"]
-    elif isinstance(ckpt, dict) and isinstance(ckpt.get("model_config"), dict) and "model" in ckpt["model_config"]:
-        meta, state = dict(ckpt["model_config"]), ckpt["model"]  # fit's training checkpoint
-    else:
-        raise UsageError(f"{path} is not a seglearn model file; pass the model.pt that `seglearn train` wrote")
-    if "classes" not in meta:
-        voc = meta.get("dataset") == "voc"
-        meta["classes"] = list(VOC_CLASSES if voc else CAMVID_CLASSES)
-        meta["palette"] = (voc_palette(len(VOC_CLASSES)) if voc else CAMVID_PALETTE).tolist()
-    model = create_model(meta["model"], meta["num_classes"], **meta.get("model_kwargs", {}))
-    model.load_state_dict(state)
-    return model.to(device).eval(), meta
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-def history_dict(history: Any) -> dict[str, Any]:
-    """A ``History`` as plain JSON-ready lists (scores via ``SegScores.as_dict``)."""
-    return {
-        "train_loss": [float(x) for x in history.train_loss],
-        "val": [s.as_dict() for s in history.val],
-        "val_epochs": [int(e) for e in history.val_epochs],
-        "lr": [float(x) for x in history.lr],
-        "epoch_time": [float(x) for x in history.epoch_time],
-        "train_time": [float(x) for x in history.train_time],
-        "train_images": [int(x) for x in history.train_images],
-    }
 
 
 def _model_args(pairs: Sequence[str]) -> dict[str, Any]:
@@ -140,106 +43,76 @@ def _model_args(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def train_job_from_args(args: argparse.Namespace) -> TrainJob:
+    """The :class:`~seglearn.job.TrainJob` a parsed ``train`` command line describes (the one place that reads it)."""
+    return TrainJob(
+        model=args.model, dataset=args.dataset, root=args.root, num_images=args.num_images,
+        image_size=args.image_size, crop=args.crop, scale=tuple(args.scale), batch_size=args.batch_size,
+        workers=args.workers, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, class_weights=args.class_weights,
+        aux_loss=args.aux_loss, backbone=args.backbone, model_args=_model_args(args.model_arg),
+        pretrained_backbone=args.pretrained_backbone, sync_bn=args.sync_bn, preload=args.preload,
+        val_every=args.val_every, channels_last=args.channels_last, amp=not args.no_amp,
+        time_budget=args.time_budget, resume=args.resume, seed=args.seed, device=args.device, out=args.out,
+        argv=args.argv,
+    )  # fmt: skip
+
+
+def parse_train_job(argv: Sequence[str]) -> TrainJob:
+    """The TrainJob of a ``train ...`` command line (``["train", "--model", "unet", "--epochs", "5"]``)."""
+    args = build_parser().parse_args(argv)
+    if args.command != "train":
+        raise ValueError(f"parse_train_job takes a train command line, got {args.command!r}")
+    args.argv = list(argv)
+    return train_job_from_args(args)
+
+
+def _load(path: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """A model file's model and meta (model, num_classes, classes, palette: from the dataset when not stored)."""
+    from seglearn.data import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, voc_palette
+    from seglearn.model_file import load_model
+
+    if not Path(path).is_file():
+        raise UsageError(f"checkpoint {path} not found; pass the model.pt that `seglearn train` wrote under --out")
+    try:
+        model, meta = load_model(path, device, return_meta=True)
+    except ValueError as err:  # another file, or a checkpoint without a model spec
+        raise UsageError(str(err)) from None
+    spec = meta["model_spec"]
+    meta = {**meta, "model": spec["model"], "num_classes": int(spec["num_classes"])}
+    if "classes" not in meta:  # a checkpoint written by fit (a chapter): its dataset's names and colours
+        voc = meta.get("dataset") == "voc" or (meta.get("dataset") is None and meta["num_classes"] == len(VOC_CLASSES))
+        meta["classes"] = list(VOC_CLASSES if voc else CAMVID_CLASSES)
+        meta["palette"] = (voc_palette(len(VOC_CLASSES)) if voc else CAMVID_PALETTE).tolist()
+    return model, meta
+
+
 # ---------------------------------------------------------------- commands
 
 
-def train_job(args: argparse.Namespace, *, model_name: str, out: Path, quiet: bool = False) -> dict[str, Any]:
-    """Train with :func:`seglearn.engine.fit` (checkpoints in ``out/checkpoints``), score the val split merged over
-    all ranks, and on rank 0 write model.pt, history.json, scores.json and curves.png under ``out``.
-
-    Returns ``{"scores", "history", "classes", "palette"}``.
-    """
-    import matplotlib.pyplot as plt
-
-    from seglearn.engine import evaluate, fit
-    from seglearn.models import create_model
-    from seglearn.plot import plot_history
-
-    info = D.init_distributed(args.device)
-    crop = _crop(args.crop)
-    train_set, val_set = _datasets(args, crop, ["train", "val"])
-    model_kwargs: dict[str, Any] = {"aux_loss": args.aux_loss, **_model_args(getattr(args, "model_arg", None) or [])}
-    if args.backbone:
-        model_kwargs["backbone"] = args.backbone
-    config = {
-        "model": model_name,
-        "num_classes": train_set.num_classes,
-        "model_kwargs": model_kwargs,
-        "dataset": args.dataset,
-    }
-    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    try:
-        model = create_model(
-            model_name, train_set.num_classes, pretrained_backbone=args.pretrained_backbone, **model_kwargs
-        )
-        model = D.wrap_model(model, info, sync_bn=args.sync_bn)
-    except (ValueError, TypeError) as err:  # a bad --model-arg name or value included
-        raise UsageError(str(err)) from None
-    loss = None
-    if getattr(args, "class_weights", "none") == "median":  # SegNet's median-frequency balancing, from train
-        from seglearn.losses import SegLoss
-
-        loss = SegLoss(class_weights=train_set.class_weights())
-    val_loader = _loader(val_set, args, train=False)
-    if info.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(info.device)
-    try:
-        history = fit(
-            model, _loader(train_set, args, train=True), val_loader, epochs=args.epochs, lr=args.lr,
-            optimizer=args.optimizer, loss=loss, device=info.device, seed=args.seed,
-            checkpoint_dir=out / "checkpoints", resume=args.resume, time_budget_s=args.time_budget,
-            model_config=config, weight_decay=getattr(args, "weight_decay", 1e-4),
-            warmup_iters=getattr(args, "warmup_iters", 0), val_every=getattr(args, "val_every", 1),
-            amp=not getattr(args, "no_amp", False), channels_last=getattr(args, "channels_last", False),
-        )  # fmt: skip
-    except ValueError as err:  # e.g. --resume into a folder written by another model
-        raise UsageError(str(err)) from None
-    # Each rank scores its own shard (no repeats); evaluate sums the confusion matrices over ranks.
-    scores = evaluate(model, val_loader, train_set.num_classes, device=info.device)
-    classes, palette = list(train_set.classes), np.asarray(train_set.palette)
-    record = run_record(
-        argparse.Namespace(**{**vars(args), "model_name": model_name, "model_kwargs": model_kwargs}),
-        D.unwrap_model(model), history, scores, device=info.device, world_size=info.world_size,
-        train_size=len(train_set), val_size=len(val_set),
-    )  # fmt: skip
-    if info.is_main:
-        meta = {**config, "classes": classes, "palette": palette.tolist(), "crop": list(crop)}
-        save_model(out / MODEL_FILE, model, meta)
-        _write_json(out / "run.json", record)
-        _write_json(out / "history.json", history_dict(history))
-        _write_json(out / "scores.json", {**scores.as_dict(), "classes": classes, "world_size": info.world_size})
-        fig = plot_history(history)
-        fig.savefig(out / "curves.png", dpi=100)
-        plt.close(fig)
-        if not quiet:
-            print(f"{model_name} on {args.dataset}: {history.epochs} epochs, val scores ({len(val_set)} images)")
-            print(scores.table(classes))
-            print(
-                f"\n{record['epochs']} epochs in {record['wall_s']:.0f} s, {record['images_per_s']:.1f} images/s, "
-                f"{record['memory_kind']} {record['peak_memory_mib']:.0f} MiB on {record['device']}"
-            )
-            print(f"wrote {out / MODEL_FILE}, history.json, scores.json, run.json, curves.png")
-    D.teardown_distributed()
-    return {"scores": scores, "history": history, "classes": classes, "palette": palette, "record": record}
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    train_job(args, model_name=args.model, out=Path(args.out or f"runs/{args.model}"))
+    run_train_job(train_job_from_args(args))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from seglearn.data import job_datasets, make_loader
     from seglearn.engine import evaluate
 
     info = D.init_distributed(args.device)
-    model, meta = load_model(args.checkpoint, info.device)
-    (ds,) = _datasets(args, None, [args.split])
+    model, meta = _load(args.checkpoint, info.device)
+    size = None if args.image_size is None else size_pair(args.image_size, "--image-size")
+    try:
+        (ds,) = job_datasets(args.dataset, [args.split], root=args.root, num_images=args.num_images, image_size=size)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UsageError(str(err)) from None
     if ds.num_classes != meta["num_classes"]:
         raise UsageError(
             f"the checkpoint predicts {meta['num_classes']} classes but {args.dataset} has {ds.num_classes}; "
             f"evaluate on the dataset it was trained on ({meta.get('dataset')})"
         )
-    scores = evaluate(model, _loader(ds, args, False), ds.num_classes, device=info.device)
+    loader = make_loader(ds, batch_size=args.batch_size, train=False, workers=args.workers)
+    scores = evaluate(model, loader, ds.num_classes, device=info.device)
     if info.is_main:
         print(f"{meta['model']} on {args.dataset} {args.split} ({len(ds)} images)")
         print(scores.table(list(ds.classes)))
@@ -255,7 +128,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from seglearn.plot import decode_mask
 
     device = D.init_distributed(args.device).device
-    model, meta = load_model(args.checkpoint, device)
+    model, meta = _load(args.checkpoint, device)
     palette = np.asarray(meta["palette"], dtype=np.uint8)
     tf = eval_transforms()
     out = Path(args.out)
@@ -289,25 +162,28 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from seglearn.demo import run_demo  # imports this module: loaded only when the demo runs
+    from seglearn.demo import run_demo
 
-    return run_demo(args)
+    return run_demo(out=args.out, epochs=args.epochs, seconds=args.seconds, num_images=args.num_images,
+                    seed=args.seed, device=args.device)  # fmt: skip
 
 
 # ---------------------------------------------------------------- parser
 
 
 def _data_args(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
-    p.add_argument("--dataset", choices=datasets, default="synthetic", help="dataset name (default: synthetic)")
-    p.add_argument("--root", default=None, help="dataset folder (default: found under SEGLEARN_DATA or data/)")
-    p.add_argument("--num-images", type=int, default=64, help="synthetic only: number of training scenes")
+    p.add_argument("--dataset", choices=datasets, default=JOB["dataset"], help="dataset name (default: %(default)s)")
+    p.add_argument("--root", default=JOB["root"], help="dataset folder (default: found under SEGLEARN_DATA or data/)")
     p.add_argument(
-        "--image-size", type=int, nargs="+", default=None, metavar="N",
+        "--num-images", type=int, default=JOB["num_images"], help="synthetic only: number of training scenes"
+    )
+    p.add_argument(
+        "--image-size", type=int, nargs="+", default=JOB["image_size"], metavar="N",
         help="synthetic only: scene size H W (default: the crop, else 96 128)",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=JOB["batch_size"])
+    p.add_argument("--workers", type=int, default=JOB["workers"], help="DataLoader worker processes")
+    p.add_argument("--device", default=JOB["device"], help="cpu, cuda, cuda:1 (default: cuda when available)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,24 +197,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model; under torchrun, data-parallel")
     p.add_argument("--model", required=True, choices=list_models())
     _data_args(p, DATASETS)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--crop", type=int, nargs="+", default=[96, 128], metavar="N", help="training crop: H W or one int")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    p.add_argument("--out", default=None, help="run folder (default: runs/MODEL)")
+    p.add_argument("--epochs", type=int, default=JOB["epochs"])
+    p.add_argument(
+        "--crop", type=int, nargs="+", default=JOB["crop"], metavar="N", help="training crop: H W or one int"
+    )
+    p.add_argument("--lr", type=float, default=JOB["lr"])
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=JOB["optimizer"])
+    p.add_argument("--out", default=JOB["out"], help="run folder (default: runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint under --out")
-    p.add_argument("--time-budget", type=float, default=None, metavar="S", help="stop after S seconds")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-iters", type=int, default=0, help="linear warm-up steps before the poly schedule")
-    p.add_argument("--scale", type=float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
+    p.add_argument("--time-budget", type=float, default=JOB["time_budget"], metavar="S", help="stop after S seconds")
+    p.add_argument("--weight-decay", type=float, default=JOB["weight_decay"])
+    p.add_argument(
+        "--warmup-iters", type=int, default=JOB["warmup_iters"], help="linear warm-up steps before the poly schedule"
+    )
+    p.add_argument("--scale", type=float, nargs=2, default=JOB["scale"], metavar=("MIN", "MAX"),
                    help="random rescale range of training images before the crop (default: 0.5 2.0)")  # fmt: skip
-    p.add_argument("--class-weights", choices=["none", "median"], default="none",
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=JOB["class_weights"],
                    help="median: SegNet's median-frequency loss weights, counted on the train split")  # fmt: skip
-    p.add_argument("--val-every", type=int, default=1, metavar="N", help="validate every N epochs (and at the end)")
+    p.add_argument(
+        "--val-every", type=int, default=JOB["val_every"], metavar="N", help="validate every N epochs (and at the end)"
+    )
     p.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster convolutions on GPUs)")
     p.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16/fp16 autocast on CUDA)")
     p.add_argument("--aux-loss", action="store_true")
-    p.add_argument("--backbone", default=None, help="e.g. resnet50 (default: the paper's)")
+    p.add_argument("--backbone", default=JOB["backbone"], help="e.g. resnet50 (default: the paper's)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a builder keyword, repeatable: e.g. output_stride=16, base_channels=32")  # fmt: skip
     p.add_argument("--pretrained-backbone", action="store_true", help="ImageNet weights (torchvision cache)")
@@ -346,14 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preload", action="store_true",
                    help="decode every image once into RAM before training (CamVid: about 250 MB) so DataLoader "
                    "workers only augment; same data, faster loading (synthetic: no-op)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=JOB["seed"])
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a trained model and print the per-class table")
     p.add_argument("--checkpoint", required=True, help="model.pt written by train")
     _data_args(p, DATASETS)
     p.add_argument("--split", default="val")
-    p.set_defaults(func=cmd_evaluate, seed=0)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="write a coloured mask PNG per image")
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -387,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the exact command, for run.json
     try:
         return args.func(args)
-    except UsageError as err:
+    except (UsageError, JobError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     except KeyboardInterrupt:
         parser.exit(130, "interrupted\n")

@@ -6,18 +6,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from seglearn.models import count_parameters
+
+if TYPE_CHECKING:  # job.py imports this module
+    from seglearn.job import TrainJob
 
 
 def device_name(device: torch.device) -> str:
@@ -38,7 +40,7 @@ def _run_fields(history: Any, device: torch.device) -> dict[str, Any]:
 
 
 def run_record(
-    args: argparse.Namespace,
+    job: TrainJob,
     model: nn.Module,
     history: Any,
     scores: Any,
@@ -48,20 +50,21 @@ def run_record(
     train_size: int,
     val_size: int,
 ) -> dict[str, Any]:
-    """One row of a results table: what ran (the exact command), what it scored, how long and how much memory.
+    """One row of a results table for ``job``: what ran (the exact command), what it scored, how long and how much
+    memory.
 
     ``wall_s`` sums the epochs (validation included, over every resume of the run); ``images_per_s`` counts the
     training loops alone; ``peak_memory_mib`` is CUDA's peak allocation on a GPU, the process's peak RSS on a CPU.
     """
     prefix = "python -m seglearn" if world_size == 1 else f"torchrun --nproc_per_node={world_size} -m seglearn"
     return {
-        "model": args.model_name, "model_kwargs": args.model_kwargs, "params_m": count_parameters(model) / 1e6,
-        "dataset": args.dataset, "train_images": train_size, "val_images": val_size, "crop": list(args.crop),
-        "pretrained_backbone": bool(args.pretrained_backbone), "lr": args.lr, "optimizer": args.optimizer,
-        "batch_size": args.batch_size * world_size, "miou": scores.miou, "pixel_acc": scores.pixel_acc,
+        "model": job.model, "model_kwargs": job.model_kwargs, "params_m": count_parameters(model) / 1e6,
+        "dataset": job.dataset, "train_images": train_size, "val_images": val_size, "crop": list(job.crop),
+        "pretrained_backbone": bool(job.pretrained_backbone), "lr": job.lr, "optimizer": job.optimizer,
+        "batch_size": job.batch_size * world_size, "miou": scores.miou, "pixel_acc": scores.pixel_acc,
         "mean_acc": scores.mean_acc, "best_miou": history.best_miou, "best_epoch": history.best_epoch,
         "train_s": sum(history.train_time), "world_size": world_size, **_run_fields(history, device),
-        "command": f"{prefix} {shlex.join(getattr(args, 'argv', []))}".strip(),
+        "command": f"{prefix} {shlex.join(job.command_args())}",
     }  # fmt: skip
 
 

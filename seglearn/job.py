@@ -1,0 +1,284 @@
+"""One training job: :class:`TrainJob` holds every option of ``python -m seglearn train`` with its default, and
+:func:`run_train_job` runs it (fit, score, write the run folder).
+
+The CLI parses its command line into a TrainJob, the demo and the benchmarks build one directly, and a registry
+recipe becomes one with :meth:`TrainJob.from_recipe`. Errors in a job's options or inputs are :class:`JobError`
+(a ValueError) and name the option as the command line spells it.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+MODEL_FILE = "model.pt"
+OPTIMIZERS = ("sgd", "adamw")
+CLASS_WEIGHTS = ("none", "median")
+
+
+class JobError(ValueError):
+    """A mistake in a job's options or inputs (bad value, missing dataset, refused model option); the CLI reports
+    it as ``seglearn: error: ...`` with exit code 2."""
+
+
+def size_pair(value: int | Sequence[int], flag: str) -> tuple[int, int]:
+    """``32`` or ``[32]`` -> (32, 32); ``[32, 48]`` -> (32, 48); anything else is refused naming ``flag``."""
+    values = [value] if isinstance(value, (int, np.integer)) else list(value)
+    if len(values) not in (1, 2) or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in values):
+        raise JobError(f"{flag} takes one or two positive ints (H W), got {' '.join(map(str, values))}")
+    return (int(values[0]), int(values[-1]))
+
+
+@dataclass
+class TrainJob:
+    """Every training option and its default (the same defaults as ``python -m seglearn train``).
+
+    ``crop``/``image_size`` take one int or (H, W); ``model_args`` are extra create_model keywords
+    (``{"output_stride": 16}``); ``out`` defaults to ``runs/<model>``; ``argv`` is the command that made the job
+    (recorded in run.json). Invalid values raise :class:`JobError` naming the command-line option.
+    """
+
+    model: str
+    dataset: str = "synthetic"
+    root: str | Path | None = None
+    num_images: int = 64
+    image_size: tuple[int, int] | None = None
+    crop: tuple[int, int] = (96, 128)
+    scale: tuple[float, float] = (0.5, 2.0)
+    batch_size: int = 8
+    workers: int = 2
+    epochs: int = 10
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    weight_decay: float = 1e-4
+    warmup_iters: int = 0
+    class_weights: str = "none"
+    aux_loss: bool = False
+    backbone: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    pretrained_backbone: bool = False
+    sync_bn: bool = False
+    preload: bool = False
+    val_every: int = 1
+    channels_last: bool = False
+    amp: bool = True
+    time_budget: float | None = None
+    resume: bool = False
+    seed: int = 0
+    device: str | None = None
+    out: str | Path | None = None
+    argv: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from seglearn.data import DATASETS
+        from seglearn.models import list_models
+
+        _choice(self.model, list_models(), "--model")
+        _choice(self.dataset, DATASETS, "--dataset")
+        _choice(self.optimizer, OPTIMIZERS, "--optimizer")
+        _choice(self.class_weights, CLASS_WEIGHTS, "--class-weights")
+        self.crop = size_pair(self.crop, "--crop")
+        self.image_size = None if self.image_size is None else size_pair(self.image_size, "--image-size")
+        lo, hi = (float(s) for s in self.scale)
+        if not 0 < lo <= hi:
+            raise JobError(f"--scale takes MIN MAX with 0 < MIN <= MAX, got {lo:g} {hi:g}")
+        self.scale = (lo, hi)
+        counts = [("--num-images", self.num_images, 1), ("--batch-size", self.batch_size, 1),
+                  ("--workers", self.workers, 0), ("--epochs", self.epochs, 1),
+                  ("--warmup-iters", self.warmup_iters, 0), ("--val-every", self.val_every, 1)]  # fmt: skip
+        for flag, value, least in counts:
+            if not isinstance(value, (int, np.integer)) or value < least:
+                raise JobError(f"{flag} takes an integer >= {least}, got {value!r}")
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise JobError(f"--lr must be > 0 and --weight-decay >= 0, got {self.lr:g} and {self.weight_decay:g}")
+        if self.time_budget is not None and not self.time_budget >= 0:
+            raise JobError(f"--time-budget takes a number of seconds >= 0, got {self.time_budget:g}")
+        self.model_args = dict(self.model_args)
+        self.out = Path(self.out) if self.out is not None else Path("runs") / self.model
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """The create_model keywords this job trains with (aux_loss, the model args, the backbone when given)."""
+        kwargs: dict[str, Any] = {"aux_loss": self.aux_loss, **self.model_args}
+        if self.backbone:
+            kwargs["backbone"] = self.backbone
+        return kwargs
+
+    @classmethod
+    def from_recipe(cls, model: str, recipe: Any, **overrides: Any) -> TrainJob:
+        """The job that trains ``model`` with a registry :class:`~seglearn.models.Recipe` (epochs, lr, optimizer,
+        weight decay, model keywords, aux loss, class weights, crop, batch size); ``overrides`` set any other field
+        (``dataset="camvid"``, ``pretrained_backbone=True``, ...) or replace a recipe's value."""
+        model_args = dict(recipe.model_kwargs)
+        fields = dict(
+            epochs=recipe.epochs, lr=recipe.lr, optimizer=recipe.optimizer, weight_decay=recipe.weight_decay,
+            aux_loss=recipe.aux_loss, backbone=model_args.pop("backbone", None), model_args=model_args,
+            class_weights=recipe.class_weights or "none", crop=tuple(recipe.crop), batch_size=recipe.batch_size,
+        )  # fmt: skip
+        return cls(model=model, **{**fields, **overrides})
+
+    def command_args(self) -> list[str]:
+        """The ``seglearn`` arguments that make this job: ``argv`` when it came from a command line, else ``train``
+        with every option that differs from its default (so run.json of a job built in Python reproduces too)."""
+        if self.argv:
+            return list(self.argv)
+        default, args = TrainJob(self.model), ["train", "--model", self.model]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("model", "argv") or value == getattr(default, f.name):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if f.name == "amp":
+                args.append("--no-amp")
+            elif f.name == "model_args":
+                args += [a for k, v in value.items() for a in ("--model-arg", f"{k}={_literal(v)}")]
+            elif isinstance(value, bool):
+                args.append(flag)
+            elif isinstance(value, tuple):
+                args += [flag, *map(str, value)]
+            else:
+                args += [flag, str(value)]
+        return args
+
+
+def _literal(value: Any) -> str:
+    """How ``--model-arg KEY=VALUE`` spells ``value``: a bare word for a string that reads as no literal, else repr."""
+    if isinstance(value, str):
+        try:
+            ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return repr(value)
+
+
+def _choice(value: Any, choices: Sequence[str], flag: str) -> None:
+    if value not in choices:
+        raise JobError(f"{flag} {value!r} is not one of: {', '.join(choices)}")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`run_train_job` returns: the final val scores, the fit history, the dataset's classes and palette,
+    the run.json record, the trained model (unwrapped, eval mode) and the run folder."""
+
+    scores: Any
+    history: Any
+    classes: list[str]
+    palette: np.ndarray
+    record: dict[str, Any]
+    model: nn.Module
+    out: Path
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as indented JSON (arrays and tensors as lists)."""
+    path.write_text(json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _datasets(job: TrainJob, splits: Sequence[str], crop: tuple[int, int] | None) -> list[Any]:
+    from seglearn.data import job_datasets
+
+    try:
+        return job_datasets(job.dataset, splits, root=job.root, crop=crop, scale=job.scale, num_images=job.num_images,
+                            image_size=job.image_size, preload=job.preload)  # fmt: skip
+    except (OSError, ValueError, RuntimeError) as err:  # a missing folder, or a bad file found by preload
+        raise JobError(str(err)) from None
+
+
+def job_val_set(job: TrainJob) -> Any:
+    """The val split ``job`` is scored on (eval preset), e.g. to draw its images next to the predictions."""
+    return _datasets(job, ["val"], None)[0]
+
+
+def _build_model(job: TrainJob, num_classes: int, info: Any) -> nn.Module:
+    """The job's model from the registry, the same initial weights on every rank, wrapped for DDP under torchrun."""
+    from seglearn import distributed as D
+    from seglearn.models import create_model
+
+    torch.manual_seed(job.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    try:
+        model = create_model(job.model, num_classes, pretrained_backbone=job.pretrained_backbone, **job.model_kwargs)
+        return D.wrap_model(model, info, sync_bn=job.sync_bn)
+    except (ValueError, TypeError) as err:  # a refused option, a bad --model-arg name or value
+        raise JobError(str(err)) from None
+
+
+def run_train_job(job: TrainJob, quiet: bool = False) -> TrainResult:
+    """Train with :func:`seglearn.engine.fit` (checkpoints in ``job.out/checkpoints``), score the val split merged
+    over all ranks, and on rank 0 write model.pt (:func:`seglearn.model_file.save_model`), run.json, history.json,
+    scores.json and curves.png under ``job.out``; unless ``quiet``, print the scores table and what was written."""
+    from seglearn import distributed as D
+    from seglearn.data import make_loader
+    from seglearn.engine import evaluate, fit
+    from seglearn.record import run_record
+
+    info = D.init_distributed(job.device)
+    train_set, val_set = _datasets(job, ["train", "val"], job.crop)
+    model = _build_model(job, train_set.num_classes, info)
+    net = D.unwrap_model(model)
+    loss = None
+    if job.class_weights == "median":  # SegNet's median-frequency balancing, counted on the train split
+        from seglearn.losses import SegLoss
+
+        loss = SegLoss(class_weights=train_set.class_weights())
+    # What must not change when --resume continues this run (fit adds lr, optimizer and its schedule).
+    recipe = {"model": job.model, "model_kwargs": job.model_kwargs, "dataset": job.dataset, "crop": list(job.crop),
+              "batch_size": job.batch_size, "class_weights": job.class_weights}  # fmt: skip
+    loaders = [make_loader(ds, batch_size=job.batch_size, train=train, workers=job.workers, seed=job.seed)
+               for ds, train in ((train_set, True), (val_set, False))]  # fmt: skip
+    if info.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(info.device)
+    try:
+        history = fit(
+            model, *loaders, epochs=job.epochs, lr=job.lr, optimizer=job.optimizer, loss=loss, device=info.device,
+            seed=job.seed, checkpoint_dir=job.out / "checkpoints", resume=job.resume, time_budget_s=job.time_budget,
+            model_spec=net.model_spec, recipe=recipe, weight_decay=job.weight_decay, warmup_iters=job.warmup_iters,
+            val_every=job.val_every, amp=job.amp, channels_last=job.channels_last,
+        )  # fmt: skip
+    except ValueError as err:  # e.g. --resume into a folder written by another recipe
+        raise JobError(str(err)) from None
+    # Each rank scores its own shard (no repeats); evaluate sums the confusion matrices over ranks.
+    scores = evaluate(model, loaders[1], train_set.num_classes, device=info.device)
+    classes, palette = list(train_set.classes), np.asarray(train_set.palette)
+    record = run_record(job, net, history, scores, device=info.device, world_size=info.world_size,
+                        train_size=len(train_set), val_size=len(val_set))  # fmt: skip
+    result = TrainResult(scores, history, classes, palette, record, net.eval(), job.out)
+    if info.is_main:
+        _write_run(job, result, world_size=info.world_size)
+        if not quiet:
+            print(f"{job.model} on {job.dataset}: {history.epochs} epochs, val scores ({len(val_set)} images)")
+            print(scores.table(classes))
+            print(
+                f"\n{record['epochs']} epochs in {record['wall_s']:.0f} s, {record['images_per_s']:.1f} images/s, "
+                f"{record['memory_kind']} {record['peak_memory_mib']:.0f} MiB on {record['device']}"
+            )
+            print(f"wrote {job.out / MODEL_FILE}, history.json, scores.json, run.json, curves.png")
+    D.teardown_distributed()
+    return result
+
+
+def _write_run(job: TrainJob, result: TrainResult, *, world_size: int) -> None:
+    """model.pt (weights + what rebuilds them + classes/palette), run.json, history.json, scores.json, curves.png."""
+    import matplotlib.pyplot as plt
+
+    from seglearn.model_file import save_model
+    from seglearn.plot import plot_history
+
+    save_model(job.out / MODEL_FILE, result.model, classes=result.classes, palette=result.palette.tolist(),
+               dataset=job.dataset, crop=list(job.crop))  # fmt: skip
+    write_json(job.out / "run.json", result.record)
+    write_json(job.out / "history.json", result.history.as_json())
+    scores = result.scores.as_dict()
+    write_json(job.out / "scores.json", {**scores, "classes": result.classes, "world_size": world_size})
+    fig = plot_history(result.history)
+    fig.savefig(job.out / "curves.png", dpi=100)
+    plt.close(fig)
