@@ -14,14 +14,17 @@ import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import seglearn
-from seglearn.checkpoint import seed_everything
+from seglearn.seeding import seed_everything
+
+if TYPE_CHECKING:
+    from seglearn.models import Recipe
 
 MODES = ("QUICK", "FULL")
 T = TypeVar("T")
@@ -32,6 +35,9 @@ QUICK_SIZE = (120, 160)
 # FULL runs checkpoint here, relative to the notebook's folder (notebooks/runs/ is git-ignored).
 CHECKPOINTS = Path("runs") / "checkpoints"
 _PLAIN = (str, int, float, bool, type(None))
+# What fit adds to a checkpoint's recipe by itself: a saved value for one of these is compared only when the chapter
+# names the key too.
+_FIT_RECIPE_KEYS = frozenset({"lr", "optimizer", "weight_decay", "momentum", "poly_power", "warmup_iters"})
 
 
 @dataclass
@@ -153,11 +159,12 @@ class NotebookConfig:
         "05_deeplabv3", model="deeplabv3", epochs=50, lr=0.01))``.
 
         FULL: ``checkpoint_dir`` runs/checkpoints/<name> (``last.pt`` every epoch, ``best.pt``), ``resume`` (True
-        when that folder holds a ``last.pt``; it then prints the one line "resuming ...") and ``model_config``
-        ``{"run": name, **recipe}``. ``recipe`` is whatever makes a different run (model name and keywords, epochs,
-        lr, loss, ...; plain values only): a folder written by another recipe is refused with a ValueError that names
-        the differing keys and the folder to delete, never resumed silently. QUICK: ``{}`` (CI stays deterministic,
-        a QUICK run is a minute).
+        when that folder holds a ``last.pt``; it then prints the one line "resuming ...") and ``recipe``
+        ``{"run": name, **recipe}``, which fit stores next to the model's spec. ``recipe`` is whatever makes a
+        different run (model name and keywords, epochs, lr, loss, ...; plain values only): a folder written by another
+        recipe is refused with a ValueError that names the differing keys and the folder to delete, never resumed
+        silently. The checkpoint also loads with :func:`seglearn.load_model` and ``python -m seglearn evaluate``.
+        QUICK: ``{}`` (CI stays deterministic, a QUICK run is a minute).
         """
         if not name or Path(name).name != name or name in (".", ".."):
             raise ValueError(f"checkpoint name {name!r} must be a plain folder name such as '05_deeplabv3'")
@@ -177,12 +184,14 @@ class NotebookConfig:
         if last.is_file():
             try:
                 state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)  # only its config is read
-                saved, epoch = dict(state.get("model_config") or {}), int(state["epoch"])
+                saved = dict(state.get("recipe") or state.get("model_config") or {})  # model_config: older files
+                epoch = int(state["epoch"])
             except Exception as err:  # a file torch cannot read is as stale as a foreign recipe
                 raise ValueError(
                     f"{last} is not a readable seglearn checkpoint ({type(err).__name__}: {err}); delete the folder "
                     f"{folder} to train {name} from scratch"
                 ) from err
+            saved = {k: v for k, v in saved.items() if k in config or k not in _FIT_RECIPE_KEYS}
             changed = _differences(saved, config)
             if changed:
                 raise ValueError(
@@ -192,7 +201,21 @@ class NotebookConfig:
             total = recipe.get("epochs")
             of = f"epoch {epoch} of {total}" if total is not None else f"epoch {epoch}"
             print(f"resuming {name} from {last} ({of}); delete that folder to train from scratch")
-        return {"checkpoint_dir": folder, "resume": last.is_file(), "model_config": config}
+        return {"checkpoint_dir": folder, "resume": last.is_file(), "recipe": config}
+
+    def recipe(self, model_name: str) -> Recipe:
+        """The registry's recipe for ``model_name`` in this run mode: its QUICK recipe (the small variant's model
+        keywords, epochs, lr, ...) in QUICK mode, its first FULL recipe (the chapter's results-table row) in FULL."""
+        from seglearn.models import model_info
+
+        info = model_info(model_name)
+        recipe = info.quick if self.quick else (info.full[0] if info.full else None)
+        if recipe is None:
+            raise ValueError(
+                f"{model_name} registers no {self.mode} recipe; pass quick= or full= to its register_model, "
+                "or give epochs and lr to fit directly"
+            )
+        return recipe
 
     def camvid_loaders(
         self,
@@ -213,7 +236,6 @@ class NotebookConfig:
         Batches: images (B, 3, h, w) float (ImageNet-normalized), masks (B, h, w) long with 255 = ignore.
         """
         from seglearn import data
-        from seglearn.data.base import worker_context
 
         crop_hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
         if len(crop_hw) != 2 or min(crop_hw) < 1:
@@ -246,14 +268,9 @@ class NotebookConfig:
             source = "camvid"
         train_ref.transforms.set_random_seed(self.seed)  # albumentations 2 draws from its own generator
         n_workers = self.pick(0, min(4, os.cpu_count() or 1)) if workers is None else workers
-        pin = self.device.type == "cuda"
-        train_loader = DataLoader(
-            train_set, batch_size, shuffle=True, drop_last=len(train_set) > batch_size, num_workers=n_workers,
-            generator=torch.Generator().manual_seed(self.seed), pin_memory=pin, persistent_workers=n_workers > 0,
-            multiprocessing_context=worker_context(train_set, n_workers),
-        )  # fmt: skip
-        val_loader = DataLoader(val_set, batch_size, shuffle=False, num_workers=n_workers, pin_memory=pin,
-                                multiprocessing_context=worker_context(val_set, n_workers))  # fmt: skip
+        kw = dict(batch_size=batch_size, workers=n_workers, seed=self.seed, pin_memory=self.device.type == "cuda")
+        train_loader = data.make_loader(train_set, train=True, **kw)
+        val_loader = data.make_loader(val_set, train=False, **kw)
         info = LoaderInfo(
             classes=list(train_ref.classes),
             palette=np.asarray(train_ref.palette),
@@ -275,13 +292,21 @@ def _is_plain(value: Any) -> bool:
     return isinstance(value, _PLAIN)
 
 
+def _plain_lists(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain_lists(v) for k, v in value.items()}
+    return value
+
+
 def _differences(saved: dict[str, Any], given: dict[str, Any]) -> str:
     """'epochs: 50 there, 60 here; lr: ...' for the keys whose values differ ('' when none do)."""
     unset = object()
     parts = []
     for key in {**saved, **given}:
         there, here = saved.get(key, unset), given.get(key, unset)
-        if there != here:
+        if _plain_lists(there) != _plain_lists(here):  # a tuple stored from JSON or Recipe.as_dict reads as a list
             parts.append(f"{key}: {'unset' if there is unset else repr(there)} there, "
                          f"{'unset' if here is unset else repr(here)} here")  # fmt: skip
     return "; ".join(parts)

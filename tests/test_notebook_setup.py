@@ -230,12 +230,13 @@ def test_full_runs_checkpoint_into_a_folder_named_after_the_run(full_cfg, capsys
     assert kwargs == {
         "checkpoint_dir": Path("runs") / "checkpoints" / "tiny",
         "resume": False,  # nothing to resume yet: fit starts from scratch without a warning
-        "model_config": {"run": "tiny", **RECIPE},
+        "recipe": {"run": "tiny", **RECIPE},  # fit's recipe= keyword: what must not change when the run resumes
     }
     assert capsys.readouterr().out == ""
     _tiny_fit(full_cfg, **kwargs)
     state = torch.load(Path("runs/checkpoints/tiny/last.pt"), weights_only=True)
-    assert state["epoch"] == 2 and state["model_config"] == {"run": "tiny", **RECIPE}
+    assert state["epoch"] == 2 and state["recipe"].items() >= {"run": "tiny", **RECIPE}.items()
+    assert state["model_spec"]["model"] == "tinyfcn"  # what seglearn.load_model rebuilds
     for bad in ("", "runs/x", "..", "a/b"):
         with pytest.raises(ValueError, match="plain folder name"):
             full_cfg.checkpoints(bad, **RECIPE)
@@ -276,6 +277,45 @@ def test_a_changed_recipe_is_refused_naming_the_folder_and_the_keys(full_cfg, ca
         full_cfg.checkpoints("tiny", **{**RECIPE, "epochs": 1, "run": "other"})
     # the same recipe still resumes
     assert full_cfg.checkpoints("tiny", **{**RECIPE, "epochs": 1})["resume"] is True
+
+
+def test_a_chapter_checkpoint_loads_with_load_model_and_the_cli(full_cfg, capsys):
+    """What a FULL chapter writes (cfg.checkpoints + fit on a create_model model) is a model file for seglearn."""
+    from seglearn.cli import main
+    from seglearn.data import job_datasets, make_loader
+
+    train_set, val_set = job_datasets("synthetic", ["train", "val"], crop=(32, 48), num_images=8)
+    train = make_loader(train_set, batch_size=4, train=True)
+    val = make_loader(val_set, batch_size=4, train=False)
+    torch.manual_seed(0)
+    model = seglearn.create_model("tinyfcn", train_set.num_classes, width=8)
+    seglearn.fit(model, train, val, epochs=1, lr=0.05, seed=0, device="cpu", progress=False, live_plot=False,
+                 **full_cfg.checkpoints("tiny11", model="tinyfcn", width=8, epochs=1, lr=0.05))  # fmt: skip
+    last = Path("runs/checkpoints/tiny11/last.pt")
+    loaded = seglearn.load_model(last)
+    x = torch.rand(2, 3, 32, 48)
+    torch.testing.assert_close(loaded(x)["out"], model.eval()(x)["out"])
+    expected = seglearn.evaluate(model, val, train_set.num_classes, device="cpu")
+
+    capsys.readouterr()
+    argv = ["evaluate", "--checkpoint", str(last), "--dataset", "synthetic", "--num-images", "8"]
+    assert main([*argv, "--image-size", "32", "48", "--workers", "0", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"tinyfcn on synthetic val ({len(val_set)} images)") and "Bicyclist" in out
+    miou = float(next(line for line in out.splitlines() if line.startswith("mIoU")).split()[1])
+    assert miou == pytest.approx(100 * expected.miou, abs=0.006)
+
+
+def test_recipe_is_the_registry_recipe_of_the_run_mode(monkeypatch, no_camvid):
+    from seglearn.models import model_info
+
+    monkeypatch.setenv("SEGLEARN_MODE", "QUICK")
+    assert setup_notebook(quiet=True).recipe("unet") == model_info("unet").quick
+    monkeypatch.setenv("SEGLEARN_MODE", "FULL")
+    monkeypatch.setenv("SEGLEARN_PRETRAINED", "0")
+    assert setup_notebook(device="cpu", quiet=True).recipe("unet") == model_info("unet").full[0]
+    with pytest.raises(ValueError, match="unet"):
+        setup_notebook(device="cpu", quiet=True).recipe("unet9")
 
 
 def test_an_unreadable_last_pt_names_the_folder_to_delete(full_cfg):
