@@ -16,6 +16,7 @@ class FileServer:
     files: dict[str, bytes]
     cut_after: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+    size_on_416: bool = True  # send Content-Range with the file's size in a 416 answer
     port: int = 0
 
     def url(self, path: str) -> str:
@@ -38,7 +39,11 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             if range_header:
                 start = int(range_header.removeprefix("bytes=").split("-")[0])
                 if start >= len(data):
-                    self.send_error(416, "Range Not Satisfiable")
+                    self.send_response(416)
+                    if server.size_on_416:  # as RFC 9110 asks: "bytes */SIZE"
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")

@@ -120,6 +120,35 @@ def test_interruption_is_retried_within_one_call(tmp_path: Path) -> None:
         assert [r for _, r in srv.requests] == [None, "bytes=777-"]
 
 
+@pytest.mark.parametrize("size_on_416", [True, False], ids=["with-size", "without-size"])
+def test_stale_part_longer_than_the_file_is_replaced_not_installed(tmp_path: Path, size_on_416: bool) -> None:
+    """Without an md5 (CamVid has none) a 416 answer must not pass off an oversized or stale .part as the file."""
+    dest = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(b"x" * (len(PAYLOAD) + 10))
+    with serve({"/f.bin": PAYLOAD}) as srv:
+        srv.size_on_416 = size_on_416
+        download_url(srv.url("/f.bin"), dest, retries=0, progress=False)
+        assert dest.read_bytes() == PAYLOAD
+        assert [r for _, r in srv.requests] == [f"bytes={len(PAYLOAD) + 10}-", None]
+
+
+def test_complete_part_is_installed_after_a_416_that_confirms_its_size(tmp_path: Path) -> None:
+    dest = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(PAYLOAD)
+    with serve({"/f.bin": PAYLOAD}) as srv:
+        download_url(srv.url("/f.bin"), dest, retries=0, progress=False)
+        assert dest.read_bytes() == PAYLOAD and len(srv.requests) == 1
+
+
+def test_same_size_part_without_confirmation_is_fetched_again(tmp_path: Path) -> None:
+    dest = tmp_path / "f.bin"
+    (tmp_path / "f.bin.part").write_bytes(b"y" * len(PAYLOAD))  # as long as the file, but whose bytes?
+    with serve({"/f.bin": PAYLOAD}) as srv:
+        srv.size_on_416 = False
+        download_url(srv.url("/f.bin"), dest, retries=0, progress=False)
+        assert dest.read_bytes() == PAYLOAD
+
+
 def test_wrong_checksum_leaves_nothing_complete(tmp_path: Path) -> None:
     with serve({"/f.bin": PAYLOAD}) as srv:
         with pytest.raises(DownloadError, match=r"checksum mismatch.*deleted.*run again"):

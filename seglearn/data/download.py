@@ -52,6 +52,12 @@ def _md5(path: Path, chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _range_total(content_range: str | None) -> int | None:
+    """The full size in a ``Content-Range: bytes */SIZE`` (or ``bytes A-B/SIZE``) header, None when absent."""
+    total = (content_range or "").rpartition("/")[2].strip()
+    return int(total) if total.isdigit() else None
+
+
 def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool) -> None:
     """Append the rest of ``url`` to ``part`` (Range request from its size); raise ConnectionError when cut short."""
     offset = part.stat().st_size if part.exists() else 0
@@ -59,9 +65,15 @@ def _fetch(url: str, part: Path, timeout: float, chunk_size: int, progress: bool
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
-        if err.code == 416 and offset:  # nothing left to fetch: the .part is already complete
+        if err.code != 416 or not offset:
+            raise
+        # 416: the .part is at least as long as the file. Only a .part of exactly the file's size (Content-Range
+        # "bytes */SIZE") is complete; a longer or unverifiable one is stale (another file or version): start over.
+        if _range_total(err.headers.get("Content-Range")) == offset:
             return
-        raise
+        part.unlink()
+        _fetch(url, part, timeout, chunk_size, progress)
+        return
     with response:
         if offset and response.status != 206:  # the server ignored Range: start over
             offset = 0
