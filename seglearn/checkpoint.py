@@ -19,11 +19,7 @@ import torch
 from torch import nn
 
 from .history import History
-from .seeding import (
-    capture_rng_state,
-    restore_rng_state,
-    seed_everything,  # noqa: F401  (re-exported until notebook.py imports it from seeding)
-)
+from .seeding import capture_rng_state, restore_rng_state
 
 __all__ = [
     "save_checkpoint",
