@@ -6,15 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from seglearn.models import count_parameters, create_model
+from seglearn.models import SegmentationModel, count_parameters, create_model
 from seglearn.models.backbones import VGGBackbone
-from seglearn.models.deeplabv1 import VARIANTS, DeepLabV1, decimate_fc6, decimate_fc7
+from seglearn.models.deeplabv1 import VARIANTS, DeepLabV1Head, decimate_fc6, decimate_fc7
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # from conftest
 
 
 @pytest.fixture(scope="module")
-def model() -> DeepLabV1:
+def model() -> SegmentationModel:
     torch.manual_seed(0)
     return create_model("deeplabv1", 21, aux_loss=True).eval()
 
@@ -36,7 +36,7 @@ def test_parameter_counts_match_the_paper(variant: str, exact: int, paper: float
     assert round(exact / 1e5) == round(paper / 1e5)
 
 
-def test_largefov_layout(model: DeepLabV1) -> None:
+def test_largefov_layout(model: SegmentationModel) -> None:
     head = model.head
     assert (head.fc6.kernel_size, head.fc6.dilation, head.fc6.padding, head.fc6.out_channels) == (
         (3, 3),
@@ -54,7 +54,7 @@ def test_largefov_layout(model: DeepLabV1) -> None:
     assert VARIANTS["4x4"].kernel_size == 4 and VARIANTS["4x4"].rate == 8
 
 
-def test_output_stride_8_and_any_input_size(model: DeepLabV1) -> None:
+def test_output_stride_8_and_any_input_size(model: SegmentationModel) -> None:
     with torch.no_grad():
         feats = model.backbone(torch.randn(1, 3, 32, 48))
         assert [tuple(f.shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (4, 6), (4, 6)]
@@ -114,7 +114,7 @@ def test_decimation_rejects_impossible_shapes() -> None:
         decimate_fc6(weight, bias, 3, 1000)
 
 
-def test_model_takes_decimated_weights_from_the_vgg_classifier() -> None:
+def test_head_takes_decimated_weights_from_the_vgg_classifier() -> None:
     with torch.device("meta"):
         vgg = VGGBackbone("vgg16", keep_classifier=True)
     vgg.to_empty(device="cpu")
@@ -126,16 +126,16 @@ def test_model_takes_decimated_weights_from_the_vgg_classifier() -> None:
         fc6.bias.copy_(torch.arange(4096.0))
         fc7.weight.copy_(torch.arange(4096.0)[:, None] * 4096 + torch.arange(4096.0))
         fc7.bias.copy_(-torch.arange(4096.0))
-    m = DeepLabV1(21, vgg, variant="largefov")
+    head = DeepLabV1Head(21, VARIANTS["largefov"])
+    head.load_vgg_classifier(vgg.classifier)
     kept = torch.arange(0.0, 4096, 4)
     tap = torch.tensor([0.0, 3, 6])
     expected6 = kept.view(-1, 1, 1, 1) + (7 * tap.view(-1, 1) + tap) / 64  # (1024, 1, 3, 3), same for all 512 inputs
-    assert torch.equal(m.head.fc6.weight, expected6.expand(1024, 512, 3, 3))
-    assert m.head.fc6.weight[5, 17, 2, 1].item() == 20.0 + (7 * 6 + 3) / 64
-    assert torch.equal(m.head.fc6.bias, kept)
-    assert torch.equal(m.head.fc7.weight[:, :, 0, 0], kept[:, None] * 4096 + kept[None, :])
-    assert torch.equal(m.head.fc7.bias, -kept)
-    assert vgg.classifier is None
+    assert torch.equal(head.fc6.weight, expected6.expand(1024, 512, 3, 3))
+    assert head.fc6.weight[5, 17, 2, 1].item() == 20.0 + (7 * 6 + 3) / 64
+    assert torch.equal(head.fc6.bias, kept)
+    assert torch.equal(head.fc7.weight[:, :, 0, 0], kept[:, None] * 4096 + kept[None, :])
+    assert torch.equal(head.fc7.bias, -kept)
 
 
 def test_pretrained_backbone_loads_vgg_and_decimates_its_classifier(tmp_path, monkeypatch) -> None:
@@ -165,7 +165,7 @@ def test_pretrained_backbone_loads_vgg_and_decimates_its_classifier(tmp_path, mo
     assert m.backbone.classifier is None
 
 
-def test_backward_reaches_the_first_layer(model: DeepLabV1) -> None:
+def test_backward_reaches_the_first_layer(model: SegmentationModel) -> None:
     model.train()
     try:
         x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 21, (2, 32, 32))
@@ -181,5 +181,5 @@ def test_backward_reaches_the_first_layer(model: DeepLabV1) -> None:
 def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError, match="variant"):
         create_model("deeplabv1", 21, variant="5x5")
-    with pytest.raises(ValueError, match="VGG16"):
+    with pytest.raises(ValueError, match="pass one of: vgg16, vgg16_bn"):
         create_model("deeplabv1", 21, backbone="resnet50")

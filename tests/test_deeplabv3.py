@@ -139,7 +139,7 @@ def test_resnet18_backbone_and_bad_arguments() -> None:
     assert small.head.aspp.convs[0][0].in_channels == 512 and small.atrous_rates == (12, 24, 36)
     with torch.no_grad():
         assert small(torch.randn(1, 3, 40, 40))["out"].shape == (1, 3, 40, 40)
-    with pytest.raises(ValueError, match="ResNet"):
+    with pytest.raises(ValueError, match="pass one of: resnet50"):
         create_model("deeplabv3", 21, backbone="vgg16")
     with pytest.raises(ValueError, match="output_stride"):
         create_model("deeplabv3", 21, output_stride=4)

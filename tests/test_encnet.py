@@ -141,7 +141,7 @@ def test_options_and_errors():
         out = small(torch.randn(1, 3, 33, 21))
     assert set(out) == {"out"} and out["out"].shape == (1, 3, 33, 21)
     assert small.head.encmodule.encoding.num_codes == 8 and small.head.conv5[0].in_channels == 512
-    with pytest.raises(ValueError, match="ResNet backbone"):
+    with pytest.raises(ValueError, match="pass one of: resnet50"):
         create_model("encnet", 3, backbone="vgg16")
 
 

@@ -10,14 +10,14 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from seglearn.models import count_parameters, create_model, from_torchvision
-from seglearn.models.fcn import FCNVGG, OFFSETS, bilinear_upsampler, fc_to_conv, from_torchvision_fcn
+from seglearn.models import SegmentationModel, count_parameters, create_model, from_torchvision
+from seglearn.models.fcn import OFFSETS, bilinear_upsampler, fc_to_conv, from_torchvision_fcn
 
 NUM_CLASSES = 5
 
 
 @pytest.fixture(scope="module")
-def vgg_fcns() -> dict[int, FCNVGG]:
+def vgg_fcns() -> dict[int, SegmentationModel]:
     torch.manual_seed(0)
     return {s: create_model(f"fcn{s}s", NUM_CLASSES).eval() for s in (32, 16, 8)}
 
@@ -55,11 +55,12 @@ def receptive_center(layers: list[nn.Module]) -> tuple[float, float]:
 def test_scores_start_at_zero_and_upsamplers_bilinear(vgg_fcns):
     # Runs before the tests below overwrite the score layers of these shared models.
     for stride, model in vgg_fcns.items():
-        scores = [model.score_fr] + [getattr(model, n) for n in ("score_pool4", "score_pool3") if hasattr(model, n)]
+        head = model.head
+        scores = [head.score_fr] + [getattr(head, n) for n in ("score_pool4", "score_pool3") if hasattr(head, n)]
         assert len(scores) == {32: 1, 16: 2, 8: 3}[stride]
         for conv in scores:
             assert conv.weight.abs().sum() == 0 and conv.bias.abs().sum() == 0
-        assert model.upscore.stride == (stride, stride) and model.upscore.kernel_size == (2 * stride, 2 * stride)
+        assert head.upscore.stride == (stride, stride) and head.upscore.kernel_size == (2 * stride, 2 * stride)
 
 
 def test_fc6_fc7_as_convolutions_reproduce_vgg16_classifier():
@@ -101,10 +102,10 @@ def test_transposed_conv_starts_as_bilinear_interpolation(factor):
     assert up.weight[0, 1].abs().sum() == 0 and up.weight[1, 0].abs().sum() == 0
 
 
-def _layers_to(model: FCNVGG, score: str) -> list[nn.Module]:
+def _layers_to(model: SegmentationModel, score: str) -> list[nn.Module]:
     feats = list(model.backbone.features)
     if score == "score_fr":
-        return [*feats, *model.fc]
+        return [*feats, *model.head.fc]
     stage = {"score_pool4": 3, "score_pool3": 2}[score]
     return feats[: model.backbone.stage_slices[stage][1]]
 
@@ -118,12 +119,12 @@ def test_output_is_bilinear_upsampling_of_score_map_at_its_input_position(vgg_fc
     torch.manual_seed(stride)
     # Only the tested path scores: the output must be that score map bilinearly upsampled, aligned with the input.
     for name in ("score_fr", "score_pool4", "score_pool3"):
-        if hasattr(model, name):
-            conv = getattr(model, name)
+        if hasattr(model.head, name):
+            conv = getattr(model.head, name)
             nn.init.normal_(conv.weight, std=0.01 if name == score else 0.0)
             nn.init.normal_(conv.bias, std=1.0 if name == score else 0.0)
     maps = []
-    hook = getattr(model, score).register_forward_hook(lambda m, i, o: maps.append(o))
+    hook = getattr(model.head, score).register_forward_hook(lambda m, i, o: maps.append(o))
     x = torch.randn(*size) if len(size) == 4 else torch.randn(1, 3, *size)
     with torch.no_grad():
         out = model(x)["out"]
@@ -153,15 +154,16 @@ def test_crop_offsets_are_the_papers():
 
 def test_fcn8s_backward_and_frozen_final_upsampling(vgg_fcns):
     model = vgg_fcns[8].train()
-    for conv in (model.score_fr, model.score_pool4, model.score_pool3):
+    for conv in (model.head.score_fr, model.head.score_pool4, model.head.score_pool3):
         nn.init.normal_(conv.weight, std=0.01)
     model.zero_grad()
     out = model(torch.randn(1, 3, 33, 47))["out"]
     assert out.shape == (1, NUM_CLASSES, 33, 47)
     out.square().mean().backward()
     model.eval()
-    assert model.upscore.weight.grad is None and not model.upscore.weight.requires_grad  # fixed bilinear (§4.2)
-    for p in (model.upscore2.weight, model.upscore_pool4.weight, model.score_pool3.weight, model.fc[0].weight):
+    head = model.head
+    assert head.upscore.weight.grad is None and not head.upscore.weight.requires_grad  # fixed bilinear (§4.2)
+    for p in (head.upscore2.weight, head.upscore_pool4.weight, head.score_pool3.weight, head.fc[0].weight):
         assert p.grad is not None and p.grad.abs().sum() > 0
     assert model.backbone.features[0].weight.grad.abs().sum() > 0
 
@@ -169,14 +171,14 @@ def test_fcn8s_backward_and_frozen_final_upsampling(vgg_fcns):
 def test_at_once_scales_skips(vgg_fcns):
     model = vgg_fcns[16]
     torch.manual_seed(1)
-    nn.init.zeros_(model.score_fr.weight)
-    nn.init.normal_(model.score_pool4.weight, std=0.01)
+    nn.init.zeros_(model.head.score_fr.weight)
+    nn.init.normal_(model.head.score_pool4.weight, std=0.01)
     x = torch.randn(1, 3, 9, 11)
     with torch.no_grad():
-        model.at_once = True
+        model.head.at_once = True
         scaled = model(x)["out"]
-        model.at_once = False
-        model.score_pool4.weight.mul_(0.01)
+        model.head.at_once = False
+        model.head.score_pool4.weight.mul_(0.01)
         manual = model(x)["out"]
     assert torch.allclose(scaled, manual, atol=1e-6)
 
@@ -205,18 +207,18 @@ def test_pretrained_vgg16_becomes_fc6_fc7_convolutions(tmp_path, monkeypatch):
     state = fake_vgg16_checkpoint(tmp_path, monkeypatch)
     model = create_model("fcn32s", 3, pretrained_backbone=True)
     assert torch.equal(model.backbone.features[2].weight, state["features.2.weight"])
-    assert torch.equal(model.fc[0].weight, state["classifier.0.weight"].reshape(4096, 512, 7, 7))
-    assert torch.equal(model.fc[0].bias, state["classifier.0.bias"])
-    assert torch.equal(model.fc[3].weight, state["classifier.3.weight"].reshape(4096, 4096, 1, 1))
+    assert torch.equal(model.head.fc[0].weight, state["classifier.0.weight"].reshape(4096, 512, 7, 7))
+    assert torch.equal(model.head.fc[0].bias, state["classifier.0.bias"])
+    assert torch.equal(model.head.fc[3].weight, state["classifier.3.weight"].reshape(4096, 4096, 1, 1))
     assert model.backbone.classifier is None  # fc8 (ImageNet's 1000 classes) is dropped
 
 
 def test_vgg_fcns_reject_aux_and_other_backbones():
     with pytest.raises(ValueError, match="no auxiliary head"):
         create_model("fcn8s", 21, aux_loss=True)
-    with pytest.raises(ValueError, match="VGG16"):
+    with pytest.raises(ValueError, match="pass one of: vgg16"):
         create_model("fcn16s", 21, backbone="resnet50")
-    with pytest.raises(ValueError, match="ResNet backbone"):
+    with pytest.raises(ValueError, match="pass one of: resnet50, resnet101, resnet18, resnet34"):
         create_model("fcn", 21, backbone="vgg16")
 
 

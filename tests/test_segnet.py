@@ -149,7 +149,7 @@ def test_padding_is_cropped_back(segnet):
 
 def test_segnet_basic_structure_and_count():
     model = create_model("segnet_basic", 11)
-    assert isinstance(model, SegNetBasic) and isinstance(create_model("segnet", 11, variant="basic"), SegNetBasic)
+    assert isinstance(model, SegNetBasic)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert [c.kernel_size for c in convs[:-1]] == [(7, 7)] * 8 and convs[-1].kernel_size == (1, 1)
     assert all(c.out_channels == 64 for c in convs[:-1])
@@ -166,9 +166,11 @@ def test_segnet_basic_structure_and_count():
 def test_segnet_errors():
     with pytest.raises(ValueError, match="no auxiliary head"):
         create_model("segnet", 11, aux_loss=True)
-    with pytest.raises(ValueError, match="variant"):
-        create_model("segnet", 11, variant="large")
-    with pytest.raises(ValueError, match="VGG16-BN"):
+    with pytest.raises(ValueError, match="segnet does not take variant="):  # SegNet-Basic is `segnet_basic`
+        create_model("segnet", 11, variant="basic")
+    with pytest.raises(ValueError, match="pass one of: vgg16_bn"):
         create_model("segnet", 11, backbone="resnet50")
     with pytest.raises(ValueError, match="from scratch"):
         create_model("segnet_basic", 11, pretrained_backbone=True)
+    with pytest.raises(ValueError, match="fixed encoder"):
+        create_model("segnet_basic", 11, backbone="vgg16_bn")

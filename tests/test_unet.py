@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seglearn.models import count_parameters, create_model
-from seglearn.models.unet import UNet
+from seglearn.models import SegmentationModel, count_parameters, create_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +30,7 @@ def unet_params(num_classes: int, depth: int = 4, base: int = 64, in_channels: i
 
 
 @pytest.fixture(scope="module")
-def paper_unet() -> UNet:
+def paper_unet() -> SegmentationModel:
     torch.manual_seed(0)
     return create_model("unet", 2).eval()
 
@@ -45,14 +44,14 @@ def test_paper_configuration_parameter_count(paper_unet):
 
 def test_paper_channel_plan(paper_unet):
     shapes = {}
-    paper_unet.down[-1].register_forward_hook(lambda m, i, o: shapes.__setitem__("bottom", o.shape))
-    paper_unet.up[-1].register_forward_hook(lambda m, i, o: shapes.__setitem__("top", o.shape))
+    paper_unet.backbone.down[-1].register_forward_hook(lambda m, i, o: shapes.__setitem__("bottom", o.shape))
+    paper_unet.head.up[-1].register_forward_hook(lambda m, i, o: shapes.__setitem__("top", o.shape))
     with torch.no_grad():
         out = paper_unet(torch.randn(1, 3, 64, 80))["out"]
     assert out.shape == (1, 2, 64, 80)
     assert shapes["bottom"] == (1, 1024, 4, 5) and shapes["top"] == (1, 64, 64, 80)
-    assert [d[0].out_channels for d in paper_unet.down] == [128, 256, 512, 1024]
-    assert all(isinstance(u.up, nn.ConvTranspose2d) and u.up.kernel_size == (2, 2) for u in paper_unet.up)
+    assert [d[0].out_channels for d in paper_unet.backbone.down] == [128, 256, 512, 1024]
+    assert all(isinstance(u.up, nn.ConvTranspose2d) and u.up.kernel_size == (2, 2) for u in paper_unet.head.up)
 
 
 def test_equals_hand_written_reference(paper_unet, load_benchmark):
@@ -73,7 +72,7 @@ def test_any_input_size_forward_backward(size):
     out = model(x)["out"]
     assert out.shape == (2, 3, *size)
     out.mean().backward()
-    assert model.inc[0].weight.grad.abs().sum() > 0 and model.up[0].up.weight.grad.abs().sum() > 0
+    assert model.backbone.inc[0].weight.grad.abs().sum() > 0 and model.head.up[0].up.weight.grad.abs().sum() > 0
 
 
 def test_paper_unet_backward_on_odd_size(paper_unet):
@@ -82,7 +81,7 @@ def test_paper_unet_backward_on_odd_size(paper_unet):
     paper_unet.eval()
     assert out.shape == (1, 2, 29, 35)
     out.mean().backward()
-    assert paper_unet.down[-1][0].weight.grad.abs().sum() > 0
+    assert paper_unet.backbone.down[-1][0].weight.grad.abs().sum() > 0
     paper_unet.zero_grad()
 
 
@@ -99,8 +98,8 @@ def test_padding_is_cropped_back():
 @pytest.mark.parametrize(("depth", "base"), [(2, 16), (5, 4)])
 def test_depth_and_width(depth, base):
     model = create_model("unet", 5, depth=depth, base_channels=base)
-    assert len(model.down) == len(model.up) == depth
-    assert model.down[-1][0].out_channels == base * 2**depth
+    assert len(model.backbone.down) == len(model.head.up) == depth
+    assert model.backbone.down[-1][0].out_channels == base * 2**depth
     assert count_parameters(model) == unet_params(5, depth, base)
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 33, 31))["out"].shape == (1, 5, 33, 31)
@@ -129,5 +128,7 @@ def test_unet_errors():
         create_model("unet", 2, aux_loss=True)
     with pytest.raises(ValueError, match="no pretrained backbone"):
         create_model("unet", 2, pretrained_backbone=True)
+    with pytest.raises(ValueError, match="fixed encoder"):
+        create_model("unet", 2, backbone="resnet18")
     with pytest.raises(ValueError, match="depth"):
         create_model("unet", 2, depth=0)

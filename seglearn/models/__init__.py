@@ -1,19 +1,35 @@
-"""Segmentation models: ``create_model(name, num_classes, ...)``, ``list_models()``, ``from_torchvision``.
+"""Segmentation models: ``create_model(name, num_classes, ...)``, the registry of what each model supports, and
+``from_torchvision``.
 
 Importing this package imports every model module so that their ``@register_model`` builders are registered.
 """
 
 from . import deeplabv1, deeplabv3, encnet, fcn, segnet, tinyfcn, unet, upernet  # noqa: F401  (registration)
 from .convert import from_torchvision
-from .registry import create_model, list_models, register_model
-from .shell import SegmentationModel, count_parameters, logits_of
+from .registry import (
+    ModelInfo,
+    Recipe,
+    comparison_roster,
+    create_model,
+    full_recipes,
+    list_models,
+    model_info,
+    register_model,
+)
+from .segmentation_model import SegmentationModel, count_parameters, logits_of, resize_to
 
 __all__ = [
+    "ModelInfo",
+    "Recipe",
+    "SegmentationModel",
+    "comparison_roster",
+    "count_parameters",
     "create_model",
     "from_torchvision",
+    "full_recipes",
     "list_models",
-    "register_model",
-    "SegmentationModel",
-    "count_parameters",
     "logits_of",
+    "model_info",
+    "register_model",
+    "resize_to",
 ]

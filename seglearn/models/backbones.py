@@ -23,6 +23,8 @@ RESNETS = {
     "resnet101": ("resnet101", "ResNet101_Weights"),
 }
 VGGS = {"vgg16": ("vgg16", "VGG16_Weights"), "vgg16_bn": ("vgg16_bn", "VGG16_BN_Weights")}
+# The ``backbones=`` of the ResNet models' registrations: ResNet-50 (the papers' choice) first, as the default.
+RESNET_BACKBONES = ("resnet50", "resnet101", "resnet18", "resnet34")
 
 _DILATE = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
 

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from .backbones import VGGBackbone
 from .blocks import FCNHead
-from .registry import register_model
-from .shell import SegmentationModel
+from .registry import Recipe, register_model
+from .segmentation_model import SegmentationModel
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,12 @@ class FC6Config:
     channels: int
 
 
-# arXiv:1412.7062 v4, Table 2 ("Effect of Field-Of-View"), with the parameter counts each row implies for 21 classes.
+# arXiv:1412.7062 v4, Table 2 ("Effect of Field-Of-View"); tests/test_deeplabv1.py checks the paper's parameter counts.
 VARIANTS: dict[str, FC6Config] = {
-    "7x7": FC6Config(7, 4, 4096),  # DeepLab-CRF-7x7, 134.3 M
-    "deeplab": FC6Config(4, 4, 4096),  # DeepLab-CRF, 65.1 M
-    "4x4": FC6Config(4, 8, 4096),  # DeepLab-CRF-4x4, 65.1 M
-    "largefov": FC6Config(3, 12, 1024),  # DeepLab-CRF-LargeFOV, 20.5 M
+    "7x7": FC6Config(7, 4, 4096),  # DeepLab-CRF-7x7
+    "deeplab": FC6Config(4, 4, 4096),  # DeepLab-CRF
+    "4x4": FC6Config(4, 8, 4096),  # DeepLab-CRF-4x4
+    "largefov": FC6Config(3, 12, 1024),  # DeepLab-CRF-LargeFOV
 }
 
 _VGG_FC_CHANNELS, _VGG_FC_KERNEL = 4096, 7
@@ -120,45 +120,21 @@ def make_atrous_vgg(backbone: VGGBackbone, caffe_pooling: bool = False) -> VGGBa
     return backbone
 
 
-class DeepLabV1(SegmentationModel):
-    """DeepLab v1 (default: DeepLab-LargeFOV), output stride 8, logits up-sampled 8x bilinearly by the shell.
-
-    Paper: "Semantic Image Segmentation with Deep Convolutional Nets and Fully Connected CRFs", Chen et al., ICLR 2015,
-    https://arxiv.org/abs/1412.7062. ``variant`` picks a row of its Table 2 (fc6 kernel / rate / fc6-fc7 width):
-    ``"largefov"`` 3x3 / 12 / 1024 (20.5 M parameters), ``"4x4"`` 4x4 / 8 / 4096 (65.1 M), ``"deeplab"``
-    4x4 / 4 / 4096 (65.1 M), ``"7x7"`` 7x7 / 4 / 4096 (134.3 M). The dense CRF of the paper is
-    :class:`seglearn.crf.DenseCRF`, applied to the softmax of ``"out"``. pool1-3 stay torchvision's 2x2 stride-2
-    pools (inputs padded to a multiple of 8 inside); ``caffe_pooling=True`` uses the released Caffe model's 3x3
-    stride-2 padding-1 ceil-mode pools instead (321x321 -> 41x41).
-
-    Shapes: (N, 3, H, W) -> ``{"out": (N, num_classes, H, W)}`` (plus ``"aux"`` from conv4 when ``aux_loss``, an
-    addition of seglearn's: the paper has no auxiliary head).
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        backbone: VGGBackbone,
-        variant: str = "largefov",
-        aux_loss: bool = False,
-        caffe_pooling: bool = False,
-        dropout: float = 0.5,
-    ) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown DeepLab v1 variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
-        make_atrous_vgg(backbone, caffe_pooling)
-        head = DeepLabV1Head(num_classes, VARIANTS[variant], backbone.channels[-1], dropout)
-        if backbone.classifier is not None:
-            head.load_vgg_classifier(backbone.classifier)
-            backbone.classifier = None  # ~120 M parameters no longer needed
-        aux = FCNHead(backbone.channels[-2], num_classes) if aux_loss else None
-        # Caffe pools map 8k+1 sizes to k+1 cells, so padding to a multiple of 8 would not help there.
-        super().__init__(backbone, head, aux_head=aux, aux_index=-2, size_divisor=1 if caffe_pooling else 8)
-        self.variant = variant
-        self.output_stride = 8
-
-
-@register_model("deeplabv1")
+@register_model(
+    "deeplabv1",
+    paper=(
+        'Chen, Papandreou, Kokkinos, Murphy, Yuille, "Semantic Image Segmentation with Deep Convolutional Nets and '
+        'Fully Connected CRFs", ICLR 2015'
+    ),
+    url="https://arxiv.org/abs/1412.7062",
+    chapter="04_deeplabv1_crf",
+    aux_loss=True,  # seglearn's addition (an FCNHead on conv4): the paper has no auxiliary head
+    pretrained_backbone=True,
+    backbones=("vgg16", "vgg16_bn"),
+    quick=Recipe(4, 1e-4, "adamw", weight_decay=5e-4, crop=(96, 128), batch_size=4, note="ch. 04 QUICK"),
+    full=(Recipe(50, 1e-3, weight_decay=5e-4, row="deeplabv1", note="ch. 04, LargeFOV, no CRF"),),
+    compare=True,
+)
 def deeplabv1(
     num_classes: int,
     *,
@@ -168,12 +144,28 @@ def deeplabv1(
     variant: str = "largefov",
     caffe_pooling: bool = False,
     dropout: float = 0.5,
-) -> DeepLabV1:
-    """DeepLab v1 on VGG16 (``"vgg16"`` or ``"vgg16_bn"``); with ``pretrained_backbone`` fc6/fc7 are decimated from
-    the ImageNet classifier, otherwise they start from PyTorch's default initialisation."""
-    if not backbone.startswith("vgg16"):
-        raise ValueError(f"deeplabv1 is built on VGG16: pass backbone='vgg16' or 'vgg16_bn', not {backbone!r}")
+) -> SegmentationModel:
+    """DeepLab v1 (default: DeepLab-LargeFOV) on VGG16 at output stride 8, logits up-sampled 8x bilinearly.
+
+    Paper: "Semantic Image Segmentation with Deep Convolutional Nets and Fully Connected CRFs", Chen et al., ICLR 2015,
+    https://arxiv.org/abs/1412.7062. ``variant`` picks a row of its Table 2 (fc6 kernel / rate / fc6-fc7 width):
+    ``"largefov"`` 3x3 / 12 / 1024, ``"4x4"`` 4x4 / 8 / 4096, ``"deeplab"`` 4x4 / 4 / 4096, ``"7x7"`` 7x7 / 4 / 4096.
+    With ``pretrained_backbone`` fc6/fc7 are decimated from the ImageNet classifier, otherwise they start from
+    PyTorch's default initialisation. The dense CRF of the paper is :class:`seglearn.crf.DenseCRF`, applied to the
+    softmax of ``"out"``. pool1-3 stay torchvision's 2x2 stride-2 pools (inputs padded to a multiple of 8 inside);
+    ``caffe_pooling=True`` uses the released Caffe model's 3x3 stride-2 padding-1 ceil-mode pools instead
+    (321x321 -> 41x41).
+
+    Shapes: (N, 3, H, W) -> ``{"out": (N, num_classes, H, W)}`` (plus ``"aux"`` from conv4 when ``aux_loss``).
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown DeepLab v1 variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
-    vgg = VGGBackbone(backbone, pretrained=pretrained_backbone, keep_classifier=pretrained_backbone)
-    return DeepLabV1(num_classes, vgg, variant=variant, aux_loss=aux_loss, caffe_pooling=caffe_pooling, dropout=dropout)
+    vgg = make_atrous_vgg(VGGBackbone(backbone, pretrained=pretrained_backbone, keep_classifier=pretrained_backbone),
+                          caffe_pooling)  # fmt: skip
+    head = DeepLabV1Head(num_classes, VARIANTS[variant], vgg.channels[-1], dropout)
+    if vgg.classifier is not None:
+        head.load_vgg_classifier(vgg.classifier)
+        vgg.classifier = None  # fc6/fc7 now live, decimated, in the head
+    aux = FCNHead(vgg.channels[-2], num_classes) if aux_loss else None
+    # Caffe pools map 8k+1 sizes to k+1 cells, so padding to a multiple of 8 would not help there.
+    return SegmentationModel(vgg, head, aux_head=aux, aux_index=-2, size_divisor=1 if caffe_pooling else 8)

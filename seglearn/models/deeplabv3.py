@@ -11,44 +11,29 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .backbones import RESNETS, ResNetBackbone
-from .blocks import FCNHead
-from .registry import register_model
-from .shell import SegmentationModel
+from .backbones import RESNET_BACKBONES, ResNetBackbone
+from .blocks import ConvBNReLU, FCNHead, check_batch_norm_batch
+from .registry import Recipe, register_model
+from .segmentation_model import SegmentationModel
 
 PAPER_RATES_OS16 = (6, 12, 18)  # arXiv:1706.05587 §3.3; doubled at output stride 8
 
 
-class ASPPConv(nn.Sequential):
+class ASPPConv(ConvBNReLU):
     """3x3 atrous conv (rate ``dilation``) -> BN -> ReLU: (N, C_in, h, w) -> (N, C_out, h, w)."""
 
     def __init__(self, in_channels: int, out_channels: int, dilation: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(),
-        )
+        super().__init__(in_channels, out_channels, 3, dilation=dilation)
 
 
 class ASPPPooling(nn.Sequential):
     """Image-level features: global average pool -> 1x1 conv -> BN -> ReLU, broadcast back to (N, C_out, h, w)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(in_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(),
-        )
+        super().__init__(nn.AdaptiveAvgPool2d(1), *ConvBNReLU(in_channels, out_channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self[2].training and x.shape[0] == 1:
-            # torch's own message ("Expected more than 1 value per channel") does not say where or what to do.
-            raise ValueError(
-                "DeepLabv3's image-pooling BatchNorm normalises one value per channel per image, so a training batch "
-                "of one image cannot be normalised: use batch size >= 2 (and drop_last=True in the DataLoader so the "
-                "last batch is never a single image), or call model.eval() for inference"
-            )
+        check_batch_norm_batch(x, self[2], "DeepLabv3's image pooling")
         h, w = x.shape[-2:]
         for module in self:
             x = module(x)
@@ -63,18 +48,11 @@ class ASPP(nn.Module):
         self, in_channels: int, atrous_rates: Sequence[int], out_channels: int = 256, dropout: float = 0.5
     ) -> None:
         super().__init__()
-        branches: list[nn.Module] = [
-            nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU())
-        ]
+        branches: list[nn.Module] = [ConvBNReLU(in_channels, out_channels, 1)]
         branches += [ASPPConv(in_channels, out_channels, r) for r in atrous_rates]
         branches.append(ASPPPooling(in_channels, out_channels))
         self.convs = nn.ModuleList(branches)
-        self.project = nn.Sequential(
-            nn.Conv2d(len(branches) * out_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-        )
+        self.project = nn.Sequential(*ConvBNReLU(len(branches) * out_channels, out_channels, 1), nn.Dropout(dropout))
 
     @property
     def atrous_rates(self) -> tuple[int, ...]:
@@ -99,12 +77,9 @@ class DeepLabV3Head(nn.Sequential):
     """
 
     def __init__(self, in_channels: int, num_classes: int, atrous_rates: Sequence[int], dropout: float = 0.5) -> None:
+        # flat children, as torchvision's DeepLabHead, so its state dict loads under the same keys
         super().__init__(
-            ASPP(in_channels, atrous_rates, 256, dropout),
-            nn.Conv2d(256, 256, 3, padding=1, bias=False),
-            nn.BatchNorm2d(256),
-            nn.ReLU(),
-            nn.Conv2d(256, num_classes, 1),
+            ASPP(in_channels, atrous_rates, 256, dropout), *ConvBNReLU(256, 256), nn.Conv2d(256, num_classes, 1)
         )
 
     @property
@@ -122,24 +97,18 @@ class DeepLabV3(SegmentationModel):
     """DeepLabv3: ResNet with atrous convolution (output stride 16 or 8, multi-grid in layer4) and ASPP.
 
     Paper: "Rethinking Atrous Convolution for Semantic Image Segmentation", Chen et al., 2017,
-    https://arxiv.org/abs/1706.05587. Train at output stride 16 and evaluate the same weights at 8 with
-    :meth:`set_output_stride`, which moves the backbone's dilations and the ASPP rates together.
+    https://arxiv.org/abs/1706.05587. A :class:`SegmentationModel` (same arguments: a :class:`ResNetBackbone`, a
+    :class:`DeepLabV3Head`, an optional aux head on layer3) that can change its output stride: train at 16 and
+    evaluate the same weights at 8 with :meth:`set_output_stride`, which moves the backbone's dilations and the
+    ASPP rates together.
 
     Shapes: (N, 3, H, W) -> ``{"out": (N, num_classes, H, W)}``, plus ``"aux"`` (FCN head on layer3) when
-    ``aux_loss``. In training mode a batch needs at least two images (image pooling has BatchNorm on a 1x1 map).
+    ``aux_head`` is given. In training mode a batch needs at least two images (image pooling has BatchNorm on a 1x1
+    map).
     """
 
-    def __init__(
-        self,
-        backbone: ResNetBackbone,
-        num_classes: int,
-        atrous_rates: Sequence[int],
-        aux_loss: bool = False,
-        dropout: float = 0.5,
-    ) -> None:
-        head = DeepLabV3Head(backbone.channels[-1], num_classes, atrous_rates, dropout)
-        aux = FCNHead(backbone.channels[-2], num_classes) if aux_loss else None
-        super().__init__(backbone, head, aux_head=aux, aux_index=-2, size_divisor=1)
+    def __init__(self, backbone: ResNetBackbone, head: DeepLabV3Head, aux_head: nn.Module | None = None) -> None:
+        super().__init__(backbone, head, aux_head=aux_head, aux_index=-2)
 
     @property
     def output_stride(self) -> int:
@@ -162,7 +131,19 @@ class DeepLabV3(SegmentationModel):
         return self
 
 
-@register_model("deeplabv3")
+@register_model(
+    "deeplabv3",
+    paper='Chen, Papandreou, Schroff, Adam, "Rethinking Atrous Convolution for Semantic Image Segmentation", 2017',
+    url="https://arxiv.org/abs/1706.05587",
+    chapter="05_deeplabv3",
+    aux_loss=True,
+    pretrained_backbone=True,
+    backbones=RESNET_BACKBONES,
+    quick=Recipe(8, 1e-3, "adamw", model_kwargs={"backbone": "resnet18"}, crop=(120, 160), batch_size=4,
+                 note="ch. 05 QUICK, ResNet-18"),
+    full=(Recipe(50, 1e-2, model_kwargs={"backbone": "resnet50"}, row="deeplabv3", note="ch. 05, ResNet-50, OS 16"),),
+    compare=True,
+)  # fmt: skip
 def deeplabv3(
     num_classes: int,
     *,
@@ -178,14 +159,14 @@ def deeplabv3(
     output stride 16, multi-grid (1, 2, 4), ASPP rates (6, 12, 18) at OS16 (doubled at OS8 when
     ``atrous_rates=None``). ``multi_grid=None``, ``output_stride=8``, ``atrous_rates=(12, 24, 36)`` is
     torchvision's ``deeplabv3_resnet*`` layout."""
-    if backbone not in RESNETS:
-        raise ValueError(f"deeplabv3 is built on a ResNet: pass backbone as one of {', '.join(RESNETS)}")
     if output_stride not in (8, 16, 32):
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
     if atrous_rates is None:
         atrous_rates = tuple(r * 16 // output_stride for r in PAPER_RATES_OS16)
     net = ResNetBackbone(backbone, pretrained=pretrained_backbone, output_stride=output_stride, multi_grid=multi_grid)
-    return DeepLabV3(net, num_classes, atrous_rates, aux_loss=aux_loss, dropout=dropout)
+    head = DeepLabV3Head(net.channels[-1], num_classes, atrous_rates, dropout)
+    aux = FCNHead(net.channels[-2], num_classes) if aux_loss else None
+    return DeepLabV3(net, head, aux)
 
 
 def from_torchvision_deeplabv3(tv_model: nn.Module) -> DeepLabV3:

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import RESNETS, ResNetBackbone
+from .backbones import RESNET_BACKBONES, ResNetBackbone
 from .blocks import ConvBNReLU, FCNHead
 from .encoding import Encoding
-from .registry import register_model
-from .shell import SegmentationModel
+from .registry import Recipe, register_model
+from .segmentation_model import SegmentationModel
 
 
 class EncModule(nn.Module):
@@ -94,7 +94,22 @@ def codeword_assignments(model: SegmentationModel, images: Tensor) -> Tensor:
     return a.transpose(1, 2).reshape(a.shape[0], a.shape[2], h, w)
 
 
-@register_model("encnet")
+@register_model(
+    "encnet",
+    paper='Zhang et al., "Context Encoding for Semantic Segmentation", CVPR 2018',
+    url="https://arxiv.org/abs/1803.08904",
+    chapter="06_encnet",
+    aux_loss=True,
+    pretrained_backbone=True,
+    backbones=RESNET_BACKBONES,
+    quick=Recipe(8, 1e-3, "adamw", model_kwargs={"backbone": "resnet18"}, aux_loss=True, crop=(96, 128), batch_size=4,
+                 note="ch. 06 QUICK, ResNet-18, SE-loss"),
+    full=(
+        Recipe(80, 1e-2, model_kwargs={"backbone": "resnet50"}, aux_loss=True, row="encnet",
+               note="ch. 06, ResNet-50, OS 8, SE-loss"),
+    ),
+    compare=True,
+)  # fmt: skip
 def encnet(
     num_classes: int,
     *,
@@ -109,10 +124,8 @@ def encnet(
     SE-loss logits as ``"se"`` and, with ``aux_loss``, an :class:`FCNHead` on layer3 as ``"aux"``.
 
     The paper's losses: pixel CE + 0.2 * SE (BCE against class presence) + 0.4 * aux CE (``seglearn.losses.SegLoss``).
-    ``backbone``: resnet50 (the default) or resnet101; resnet18/34 also build.
+    ``backbone``: resnet50 (the default) or resnet101; resnet18/34 also build (QUICK mode trains resnet18).
     """
-    if backbone not in RESNETS:
-        raise ValueError(f"encnet needs a ResNet backbone ({', '.join(RESNETS)}), got {backbone!r}")
     body = ResNetBackbone(backbone, pretrained=pretrained_backbone, output_stride=output_stride)
     head = EncHead(body.channels[-1], num_classes, num_codes=num_codes, se_loss=se_loss)
     aux = FCNHead(body.channels[-2], num_classes) if aux_loss else None

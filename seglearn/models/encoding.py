@@ -25,11 +25,9 @@ class Encoding(nn.Module):
 
     Memory: the (N, HW, K, D) residual tensor of the naive form is never built. The distance is expanded as
     ``||x||^2 - 2 x.d + ||d||^2`` (two matrix products) and ``e_k = A^T X - (sum_i a_ik) d_k``, so the layer keeps
-    only (N, K, HW) tensors beside its input. For 64x64 features of 512 channels with K = 32 (N = 1, float32:
-    an 8 MiB input) the naive residual alone is 256 MiB (4096 * 32 * 512 * 4 B) and the naive forward peaks at
-    512.6 MiB of new tensors; this forward peaks at 1.5 MiB, forward+backward at 24.1 MiB. Measured on CPU with
-    ``torch.profiler.profile(profile_memory=True)``, replaying its allocation/free timeline as a running sum
-    (``python benchmarks/context_speed.py --encoding-memory``); tests/test_encoding.py checks the bound.
+    only (N, K, HW) tensors beside its input: for 64x64 features of 512 channels with K = 32 the naive residual
+    alone would be 4096 * 32 * 512 floats. tests/test_encoding.py checks the bound;
+    ``python benchmarks/context_speed.py --encoding-memory`` measures both forms.
 
     Shapes: ``x`` (N, D, H, W) or (N, D, L) -> ``e`` (N, K, D); :meth:`assignments` gives ``a`` as (N, HW, K).
     """

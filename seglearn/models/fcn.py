@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .backbones import RESNETS, ResNetBackbone, VGGBackbone
+from .backbones import RESNET_BACKBONES, ResNetBackbone, VGGBackbone
 from .blocks import FCNHead, LastFeature
-from .registry import register_model
-from .shell import SegmentationModel
+from .registry import Recipe, register_model
+from .segmentation_model import SegmentationModel
 
 # Crop offsets of the Caffe reference nets (github.com/shelhamer/fcn.berkeleyvision.org, net.py of each model).
 OFFSETS = {"pool4": 5, "pool3": 9, 32: 19, 16: 27, 8: 31}
@@ -52,71 +52,70 @@ def fc_to_conv(fc: nn.Linear, in_channels: int, kernel_size: int) -> nn.Conv2d:
     return conv
 
 
+FCN_PAPER = 'Long, Shelhamer, Darrell, "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015'
+FCN_URL = "https://arxiv.org/abs/1411.4038"
+
+
 def _crop(x: Tensor, offset: int, size: tuple[int, int]) -> Tensor:
     return x[..., offset : offset + size[0], offset : offset + size[1]]
 
 
-class FCNVGG(nn.Module):
-    """FCN-32s, FCN-16s and FCN-8s on VGG16.
+def caffe_vgg(backbone: VGGBackbone) -> VGGBackbone:
+    """Rewrite a :class:`VGGBackbone` in place as the Caffe FCNs' VGG16: conv1_1 pads by 100, pools round up.
+
+    The padding lets fc6 (7x7, no padding) see even small inputs; the score map then covers any input size.
+    """
+    features = backbone.features
+    features[0].padding = (100, 100)
+    for m in features:
+        if isinstance(m, nn.MaxPool2d):
+            m.ceil_mode = True
+    return backbone
+
+
+class FCNVGGHead(nn.Module):
+    """FCN-32s, FCN-16s and FCN-8s's head on VGG16's five pooling stages.
 
     Long, Shelhamer, Darrell, "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015,
     https://arxiv.org/abs/1411.4038
 
-    fc6/fc7 are VGG16's classifier reshaped into a 7x7 and a 1x1 convolution (4096 channels). Class scores of
-    fc7 (stride 32) are upsampled 2x and summed with scores of pool4 (16s), again with pool3 (8s), then upsampled
-    to the input. Skip scores start at zero so training starts from the coarser net; the final upsampling stays
-    fixed to bilinear, the 2x ones are learned (paper §4.2, §4.3). ``at_once=True`` scales pool4 by 0.01 and pool3
-    by 1e-4 before scoring, as the all-at-once net ``voc-fcn8s-atonce``.
+    fc6/fc7 (``fc``) are VGG16's classifier reshaped into a 7x7 and a 1x1 convolution (4096 channels; fresh
+    convolutions when no ``classifier`` is given). Class scores of fc7 (stride 32) are upsampled 2x and summed with
+    scores of pool4 (16s), again with pool3 (8s), then upsampled ``stride`` times. Skip scores start at zero so
+    training starts from the coarser net; the final upsampling stays fixed to bilinear, the 2x ones are learned
+    (paper §4.2, §4.3). ``at_once=True`` scales pool4 by 0.01 and pool3 by 1e-4 before scoring, as the all-at-once
+    net ``voc-fcn8s-atonce``. The model crops the result at ``OFFSETS[stride]`` (``SegmentationModel(crop_offset=)``).
 
-    Shapes: (N, 3, H, W) -> ``{"out": (N, num_classes, H, W)}`` for any H, W >= 1; score_fr is
-    (N, num_classes, ceil((H + 198) / 32) - 6, ...).
+    Shapes: ``feats`` [pool1 .. pool5] of the padded VGG -> score_fr (N, C, ceil((H + 198) / 32) - 6, ...) ->
+    (N, C, H', W') with H' >= H + OFFSETS[stride].
     """
 
     def __init__(
-        self, num_classes: int, stride: int = 8, pretrained_backbone: bool = False, at_once: bool = False
+        self, num_classes: int, stride: int = 8, classifier: nn.Sequential | None = None, at_once: bool = False
     ) -> None:
         super().__init__()
         if stride not in (32, 16, 8):
             raise ValueError(f"FCN output stride must be 32, 16 or 8, got {stride}")
         self.stride, self.at_once = stride, at_once
-        self.backbone = VGGBackbone("vgg16", pretrained=pretrained_backbone, keep_classifier=True)
-        features = self.backbone.features
-        # Pad 100 so that fc6 (7x7, no padding) sees even small inputs; Caffe pools round up.
-        features[0].padding = (100, 100)
-        for m in features:
-            if isinstance(m, nn.MaxPool2d):
-                m.ceil_mode = True
-        fc6, fc7 = self.backbone.classifier[0], self.backbone.classifier[3]
-        self.fc = nn.Sequential(
-            fc_to_conv(fc6, 512, 7),  # (N, 4096, h5 - 6, w5 - 6)
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-            fc_to_conv(fc7, 4096, 1),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
+        fc6, fc7 = (
+            (fc_to_conv(classifier[0], 512, 7), fc_to_conv(classifier[3], 4096, 1))
+            if classifier is not None
+            else (nn.Conv2d(512, 4096, 7), nn.Conv2d(4096, 4096, 1))
         )
-        self.backbone.classifier = None  # fc8 (1000 ImageNet classes) is replaced by score_fr
-        self.score_fr = nn.Conv2d(4096, num_classes, 1)
-        nn.init.zeros_(self.score_fr.weight)
-        nn.init.zeros_(self.score_fr.bias)
+        self.fc = nn.Sequential(
+            fc6, nn.ReLU(inplace=True), nn.Dropout(0.5), fc7, nn.ReLU(inplace=True), nn.Dropout(0.5)
+        )
+        self.score_fr = _zero_score(4096, num_classes)
         if stride <= 16:
-            self.score_pool4 = self._zero_score(512, num_classes)
+            self.score_pool4 = _zero_score(512, num_classes)
             self.upscore2 = bilinear_upsampler(num_classes, 2)
         if stride == 8:
-            self.score_pool3 = self._zero_score(256, num_classes)
+            self.score_pool3 = _zero_score(256, num_classes)
             self.upscore_pool4 = bilinear_upsampler(num_classes, 2)
         self.upscore = bilinear_upsampler(num_classes, stride, trainable=False)
 
-    @staticmethod
-    def _zero_score(in_channels: int, num_classes: int) -> nn.Conv2d:
-        conv = nn.Conv2d(in_channels, num_classes, 1)
-        nn.init.zeros_(conv.weight)
-        nn.init.zeros_(conv.bias)
-        return conv
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        size = x.shape[-2:]
-        _, _, pool3, pool4, pool5 = self.backbone(x)
+    def forward(self, feats: list[Tensor]) -> Tensor:
+        _, _, pool3, pool4, pool5 = feats
         score = self.score_fr(self.fc(pool5))  # (N, C, h5 - 6, w5 - 6), stride 32
         if self.stride <= 16:
             score = self.upscore2(score)  # stride 16
@@ -126,37 +125,89 @@ class FCNVGG(nn.Module):
             score = self.upscore_pool4(score)  # stride 8
             pool3 = pool3 * 1e-4 if self.at_once else pool3
             score = score + _crop(self.score_pool3(pool3), OFFSETS["pool3"], score.shape[-2:])
-        return {"out": _crop(self.upscore(score), OFFSETS[self.stride], size)}
+        return self.upscore(score)  # cropped at OFFSETS[stride] by the model: each score back on its pixel
 
 
-def _vgg_fcn(stride: int, num_classes: int, pretrained_backbone: bool, aux_loss: bool, **kwargs) -> FCNVGG:
-    if aux_loss:
-        raise ValueError(f"fcn{stride}s has no auxiliary head; pass aux_loss=False (the ResNet `fcn` has one)")
-    backbone = kwargs.pop("backbone", "vgg16")
-    if backbone != "vgg16":
-        raise ValueError(f"fcn{stride}s is the paper's VGG16 net; for a ResNet backbone use create_model('fcn', ...)")
-    return FCNVGG(num_classes, stride, pretrained_backbone=pretrained_backbone, **kwargs)
+def _zero_score(in_channels: int, num_classes: int) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, num_classes, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
 
 
-@register_model("fcn32s")
-def fcn32s(num_classes: int, *, pretrained_backbone: bool = False, aux_loss: bool = False, **kwargs) -> FCNVGG:
+def vgg_fcn(
+    num_classes: int, stride: int, pretrained_backbone: bool = False, at_once: bool = False
+) -> SegmentationModel:
+    """FCN-``stride``s on VGG16: the Caffe-padded VGG, :class:`FCNVGGHead`, logits cropped at the paper's offset."""
+    backbone = caffe_vgg(VGGBackbone("vgg16", pretrained=pretrained_backbone, keep_classifier=True))
+    head = FCNVGGHead(num_classes, stride, backbone.classifier, at_once=at_once)
+    backbone.classifier = None  # fc6/fc7 now live in the head; fc8 (1000 ImageNet classes) is replaced by score_fr
+    return SegmentationModel(backbone, head, crop_offset=OFFSETS[stride])
+
+
+_VGG_FCN = dict(paper=FCN_PAPER, url=FCN_URL, chapter="01_fcn", pretrained_backbone=True, backbones=("vgg16",))
+
+
+@register_model("fcn32s", **_VGG_FCN)
+def fcn32s(
+    num_classes: int, *, backbone: str = "vgg16", pretrained_backbone: bool = False, at_once: bool = False
+) -> SegmentationModel:
     """FCN-32s: VGG16 scores upsampled 32x in one step."""
-    return _vgg_fcn(32, num_classes, pretrained_backbone, aux_loss, **kwargs)
+    return vgg_fcn(num_classes, 32, pretrained_backbone, at_once)
 
 
-@register_model("fcn16s")
-def fcn16s(num_classes: int, *, pretrained_backbone: bool = False, aux_loss: bool = False, **kwargs) -> FCNVGG:
+@register_model("fcn16s", **_VGG_FCN)
+def fcn16s(
+    num_classes: int, *, backbone: str = "vgg16", pretrained_backbone: bool = False, at_once: bool = False
+) -> SegmentationModel:
     """FCN-16s: FCN-32s plus a pool4 skip."""
-    return _vgg_fcn(16, num_classes, pretrained_backbone, aux_loss, **kwargs)
+    return vgg_fcn(num_classes, 16, pretrained_backbone, at_once)
 
 
-@register_model("fcn8s")
-def fcn8s(num_classes: int, *, pretrained_backbone: bool = False, aux_loss: bool = False, **kwargs) -> FCNVGG:
-    """FCN-8s: FCN-16s plus a pool3 skip (the paper's best, 134 M parameters for 21 classes)."""
-    return _vgg_fcn(8, num_classes, pretrained_backbone, aux_loss, **kwargs)
+@register_model(
+    "fcn8s",
+    **_VGG_FCN,
+    quick=Recipe(1, 1e-4, "adamw", weight_decay=5e-4, crop=(96, 128), batch_size=2, note="ch. 01 QUICK"),
+    full=(Recipe(60, 1e-3, weight_decay=5e-4, row="fcn8s", note="ch. 01, VGG16, the paper's geometry"),),
+    compare=True,
+)
+def fcn8s(
+    num_classes: int, *, backbone: str = "vgg16", pretrained_backbone: bool = False, at_once: bool = False
+) -> SegmentationModel:
+    """FCN-8s: FCN-16s plus a pool3 skip (the paper's best)."""
+    return vgg_fcn(num_classes, 8, pretrained_backbone, at_once)
 
 
-@register_model("fcn")
+@register_model(
+    "fcn",
+    paper=FCN_PAPER + " (on a dilated ResNet, as torchvision's fcn_resnet50)",
+    url=FCN_URL,
+    chapter="01_fcn",
+    aux_loss=True,
+    pretrained_backbone=True,
+    backbones=RESNET_BACKBONES,
+    quick=Recipe(
+        8,
+        1e-3,
+        "adamw",
+        model_kwargs={"backbone": "resnet18"},
+        aux_loss=True,
+        crop=(96, 128),
+        batch_size=4,
+        note="no chapter trains it in QUICK mode: ch. 05's DeepLabv3 QUICK recipe, on ResNet-18 with the aux head",
+    ),
+    full=(
+        Recipe(
+            50,
+            1e-2,
+            model_kwargs={"backbone": "resnet50"},
+            aux_loss=True,
+            row="fcn-r50",
+            note="torchvision's FCN-ResNet50",
+        ),
+    ),
+    compare=True,
+)
 def fcn(
     num_classes: int,
     *,
@@ -169,8 +220,6 @@ def fcn(
 
     Shapes: (N, 3, H, W) -> layer4 (N, 2048, H/8, W/8) -> logits bilinearly resized to (N, C, H, W).
     """
-    if backbone not in RESNETS:
-        raise ValueError(f"fcn takes a ResNet backbone ({', '.join(RESNETS)}); for VGG16 use fcn32s/fcn16s/fcn8s")
     encoder = ResNetBackbone(backbone, pretrained=pretrained_backbone, output_stride=output_stride)
     head = LastFeature(FCNHead(encoder.channels[-1], num_classes))
     aux = FCNHead(encoder.channels[-2], num_classes) if aux_loss else None

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import ConvBNReLU
+from .blocks import ConvBNReLU, check_batch_norm_batch
+from .segmentation_model import resize_to
 
 
 class PyramidPooling(nn.Module):
@@ -31,11 +31,8 @@ class PyramidPooling(nn.Module):
         self.bottleneck = ConvBNReLU(in_channels + len(self.bins) * channels, channels, kernel_size=3)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and x.shape[0] == 1 and 1 in self.bins:
-            raise ValueError(
-                "the pyramid pooling's 1x1 bin cannot be batch-normalized over a single image in training mode: "
-                "train with a batch of at least 2, or call model.eval() to predict one image"
-            )
+        if 1 in self.bins:
+            check_batch_norm_batch(x, self.stages[self.bins.index(1)][1][1], "the pyramid pooling's 1x1 bin")
         size = x.shape[-2:]
-        pooled = [F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False) for stage in self.stages]
+        pooled = [resize_to(stage(x), size) for stage in self.stages]
         return self.bottleneck(torch.cat([x, *pooled], dim=1))  # (N, in + len(bins) * channels, h, w) fused

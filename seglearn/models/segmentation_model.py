@@ -1,4 +1,8 @@
-"""The shell every backbone+head model shares: pad, extract features, decode, resize, assemble the dict."""
+"""``SegmentationModel``, the assembly every model but SegNet shares: pad, backbone, head, resize, output dict.
+
+Also the helpers around it: ``resize_to`` (the one resize of logits and features), ``pad_to_multiple``,
+``logits_of`` and ``count_parameters``.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +22,11 @@ def pad_to_multiple(x: Tensor, divisor: int, value: float = 0.0) -> Tensor:
     return F.pad(x, (0, pw, 0, ph), value=value)
 
 
-def resize_to(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of (N, C, h, w) logits to ``size`` (align_corners=False, as torchvision's heads)."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+def resize_to(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """Bilinear resize of (N, C, h, w) to ``size`` (align_corners=False, as torchvision's heads); a no-op at size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 class SegmentationModel(nn.Module):
@@ -35,6 +39,8 @@ class SegmentationModel(nn.Module):
         aux_index: which stage feeds the auxiliary head (``-2``: the stage before the last, as torchvision).
         size_divisor: inputs are padded to a multiple of this inside ``forward`` and logits cropped back, so any
             input size works (1: no padding; logits are interpolated to the input size directly).
+        crop_offset: None (the default) resizes the logits to the input bilinearly; an int instead crops them at
+            that offset, for heads whose own upsampling already puts each score on its pixel (FCN-VGG's Caffe nets).
 
     Shapes: ``x`` (N, 3, H, W) -> ``{"out": (N, C, H, W), "aux": (N, C, H, W)?, ...extras}``.
     """
@@ -46,6 +52,7 @@ class SegmentationModel(nn.Module):
         aux_head: nn.Module | None = None,
         aux_index: int = -2,
         size_divisor: int = 1,
+        crop_offset: int | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -53,18 +60,25 @@ class SegmentationModel(nn.Module):
         self.aux_head = aux_head
         self.aux_index = aux_index
         self.size_divisor = size_divisor
+        self.crop_offset = crop_offset
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h, w = x.shape[-2:]
         xp = pad_to_multiple(x, self.size_divisor)
-        hp, wp = xp.shape[-2:]
         feats = self.backbone(xp)
         head_out = self.head(feats)
         result = dict(head_out) if isinstance(head_out, dict) else {"out": head_out}
-        result["out"] = resize_to(result["out"], (hp, wp))[..., :h, :w]
+        result["out"] = self._to_input(result["out"], xp.shape[-2:], (h, w))
         if self.aux_head is not None:
-            result["aux"] = resize_to(self.aux_head(feats[self.aux_index]), (hp, wp))[..., :h, :w]
+            result["aux"] = self._to_input(self.aux_head(feats[self.aux_index]), xp.shape[-2:], (h, w))
         return result
+
+    def _to_input(self, logits: Tensor, padded: torch.Size, size: tuple[int, int]) -> Tensor:
+        """Logits at the padded input's size, then the padding cropped off: (N, C, h, w) -> (N, C, H, W)."""
+        if self.crop_offset is not None:
+            o = self.crop_offset
+            return logits[..., o : o + size[0], o : o + size[1]]
+        return resize_to(logits, padded)[..., : size[0], : size[1]]
 
 
 def logits_of(output: Tensor | dict[str, Tensor]) -> Tensor:

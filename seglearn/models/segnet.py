@@ -6,16 +6,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import VGGBackbone
-from .registry import register_model
-from .shell import pad_to_multiple
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, relu: bool = True) -> nn.Sequential:
-    layers = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
-        nn.BatchNorm2d(out_channels),
-    ]
-    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+from .blocks import ConvBNReLU
+from .registry import Recipe, register_model
+from .segmentation_model import pad_to_multiple
 
 
 def encode_decode(encoder: nn.ModuleList, decoder: nn.ModuleList, x: Tensor) -> Tensor:
@@ -57,9 +50,9 @@ class SegNet(nn.Module):
         decoder = []
         for i in reversed(range(5)):
             width, out = self.widths[i], self.widths[i - 1] if i > 0 else 64
-            layers = [_conv_bn_relu(width, width) for _ in range(self.depths[i] - 1)]
+            layers = [ConvBNReLU(width, width, bias=True) for _ in range(self.depths[i] - 1)]
             if i > 0:
-                layers.append(_conv_bn_relu(width, out))
+                layers.append(ConvBNReLU(width, out, bias=True))
             else:
                 layers.append(nn.Conv2d(width, num_classes, 3, padding=1))
             decoder.append(nn.Sequential(*layers))
@@ -87,8 +80,8 @@ class SegNetBasic(nn.Module):
         super().__init__()
         self.norm = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75)
         chans = [in_channels, width, width, width, width]
-        self.encoder = nn.ModuleList(_conv_bn_relu(chans[i], width, 7) for i in range(4))
-        self.decoder = nn.ModuleList(_conv_bn_relu(width, width, 7, relu=False) for _ in range(4))
+        self.encoder = nn.ModuleList(ConvBNReLU(chans[i], width, 7, bias=True) for i in range(4))
+        self.decoder = nn.ModuleList(ConvBNReLU(width, width, 7, bias=True, relu=False) for _ in range(4))
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -98,30 +91,39 @@ class SegNetBasic(nn.Module):
         return {"out": self.classifier(x)[..., :h, :w]}
 
 
-@register_model("segnet")
-def segnet(
-    num_classes: int,
-    *,
-    backbone: str = "vgg16_bn",
-    pretrained_backbone: bool = False,
-    aux_loss: bool = False,
-    variant: str = "full",
-) -> nn.Module:
-    """SegNet (``variant="full"``, VGG16-BN encoder, 29.4 M parameters) or SegNet-Basic (``variant="basic"``)."""
-    if aux_loss:
-        raise ValueError("SegNet has no auxiliary head; pass aux_loss=False")
-    if variant == "basic":
-        if pretrained_backbone:
-            raise ValueError("SegNet-Basic is trained from scratch; pass pretrained_backbone=False")
-        return SegNetBasic(num_classes)
-    if variant != "full":
-        raise ValueError(f"variant must be 'full' or 'basic', got {variant!r}")
-    if backbone != "vgg16_bn":
-        raise ValueError(f"SegNet's encoder is VGG16-BN (backbone='vgg16_bn'), got {backbone!r}")
+SEGNET_PAPER = (
+    'Badrinarayanan, Kendall, Cipolla, "SegNet: A Deep Convolutional Encoder-Decoder Architecture for Image '
+    'Segmentation", TPAMI 2017'
+)
+SEGNET_URL = "https://arxiv.org/abs/1511.00561"
+
+
+@register_model(
+    "segnet",
+    paper=SEGNET_PAPER,
+    url=SEGNET_URL,
+    chapter="02_segnet",
+    pretrained_backbone=True,
+    backbones=("vgg16_bn",),
+    quick=Recipe(3, 1e-3, "adamw", crop=(96, 128), batch_size=4, note="ch. 02 QUICK"),
+    full=(Recipe(60, 1e-2, row="segnet", note="ch. 02, VGG16-BN encoder"),),
+    compare=True,
+)
+def segnet(num_classes: int, *, backbone: str = "vgg16_bn", pretrained_backbone: bool = False) -> SegNet:
+    """SegNet: the VGG16-BN encoder (ImageNet weights with ``pretrained_backbone``) and its mirrored decoder."""
     return SegNet(num_classes, pretrained_backbone=pretrained_backbone)
 
 
-@register_model("segnet_basic")
-def segnet_basic(num_classes: int, *, pretrained_backbone: bool = False, aux_loss: bool = False) -> SegNetBasic:
-    """SegNet-Basic: 4 stages of 64-channel 7x7 convolutions (the paper's analysis model, 1.4 M parameters)."""
-    return segnet(num_classes, pretrained_backbone=pretrained_backbone, aux_loss=aux_loss, variant="basic")
+@register_model(
+    "segnet_basic",
+    paper=SEGNET_PAPER + " (SegNet-Basic, §4.1)",
+    url=SEGNET_URL,
+    chapter="02_segnet",
+    full=(
+        Recipe(60, 1e-2, class_weights="median", row="segnet-basic",
+               note="the paper's SegNet-Basic, median-frequency weights"),
+    ),
+)  # fmt: skip
+def segnet_basic(num_classes: int, *, width: int = 64, in_channels: int = 3) -> SegNetBasic:
+    """SegNet-Basic: 4 stages of 64-channel 7x7 convolutions, the paper's analysis model (trained from scratch)."""
+    return SegNetBasic(num_classes, width=width, in_channels=in_channels)

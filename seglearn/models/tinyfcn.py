@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .registry import register_model
-from .shell import SegmentationModel
-
-
-def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
+from .blocks import ConvBNReLU
+from .registry import Recipe, register_model
+from .segmentation_model import SegmentationModel
 
 
 class TinyEncoder(nn.Module):
@@ -20,12 +15,9 @@ class TinyEncoder(nn.Module):
     def __init__(self, width: int = 32) -> None:
         super().__init__()
         self.channels = [width, 2 * width, 4 * width]
+        cin = [3, width, 2 * width]
         self.stages = nn.ModuleList(
-            [
-                nn.Sequential(_conv_bn_relu(3, width, 2), _conv_bn_relu(width, width)),
-                nn.Sequential(_conv_bn_relu(width, 2 * width, 2), _conv_bn_relu(2 * width, 2 * width)),
-                nn.Sequential(_conv_bn_relu(2 * width, 4 * width, 2), _conv_bn_relu(4 * width, 4 * width)),
-            ]
+            nn.Sequential(ConvBNReLU(a, b, stride=2), ConvBNReLU(b, b)) for a, b in zip(cin, self.channels, strict=True)
         )
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -47,13 +39,17 @@ class TinyHead(nn.Module):
         return self.classifier(feats[-1])
 
 
-@register_model("tinyfcn")
-def tinyfcn(
-    num_classes: int, *, pretrained_backbone: bool = False, aux_loss: bool = False, width: int = 32
-) -> SegmentationModel:
-    """A ~0.3 M-parameter FCN-style baseline that trains on a CPU in seconds (no pretrained weights exist)."""
-    if pretrained_backbone:
-        raise ValueError("tinyfcn has no pretrained backbone; pass pretrained_backbone=False")
+@register_model(
+    "tinyfcn",
+    paper="seglearn's baseline (chapter 00): a few strided convolutions, the baseline every model must beat",
+    chapter="00_data_and_metrics",
+    aux_loss=True,  # a 1x1 classifier on the middle stage, for trying the auxiliary loss on a small net
+    quick=Recipe(16, 3e-3, "adamw", crop=(120, 160), note="ch. 00 QUICK: 120x160 frames"),
+    full=(Recipe(60, 1e-3, "adamw", row="tinyfcn", note="ch. 00 baseline, 0.3 M parameters"),),
+    compare=True,
+)
+def tinyfcn(num_classes: int, *, aux_loss: bool = False, width: int = 32) -> SegmentationModel:
+    """A small FCN-style baseline that trains on a CPU in seconds (no pretrained weights exist)."""
     encoder = TinyEncoder(width)
     aux = nn.Conv2d(encoder.channels[-2], num_classes, 1) if aux_loss else None
     return SegmentationModel(encoder, TinyHead(encoder.channels[-1], num_classes), aux_head=aux)

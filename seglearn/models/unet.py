@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .registry import register_model
-from .shell import pad_to_multiple
+from .blocks import ConvBNReLU
+from .registry import Recipe, register_model
+from .segmentation_model import SegmentationModel
 
 UP_MODES = ("transpose", "bilinear")
 
@@ -16,14 +17,8 @@ class DoubleConv(nn.Sequential):
     """Two 3x3 conv (padding 1, no bias) -> BN -> ReLU: (N, in_channels, h, w) -> (N, out_channels, h, w)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
+        # flat children 0..5 (conv, BN, ReLU, conv, BN, ReLU): the layout of the common re-implementations
+        super().__init__(*ConvBNReLU(in_channels, out_channels), *ConvBNReLU(out_channels, out_channels))
 
 
 class Up(nn.Module):
@@ -49,66 +44,81 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
 
 
-class UNet(nn.Module):
-    """U-Net with ``depth`` down-steps; stage ``i`` has ``base_channels * 2**i`` channels.
+class UNetEncoder(nn.Module):
+    """U-Net's contracting path: :class:`DoubleConv` stages, each after a 2x2 max-pool but the first.
+
+    Stage ``i`` has ``base_channels * 2**i`` channels. Shapes: (N, in_channels, H, W), H and W multiples of
+    2**depth -> [(N, base, H, W), (N, 2 base, H/2, W/2), ..., (N, base * 2**depth, H/2**depth, W/2**depth)].
+    """
+
+    def __init__(self, in_channels: int = 3, depth: int = 4, base_channels: int = 64) -> None:
+        super().__init__()
+        if depth < 1 or base_channels < 1:
+            raise ValueError(f"depth and base_channels must be >= 1, got depth={depth}, base_channels={base_channels}")
+        self.channels = [base_channels * 2**i for i in range(depth + 1)]
+        self.inc = DoubleConv(in_channels, self.channels[0])
+        self.down = nn.ModuleList(DoubleConv(self.channels[i], self.channels[i + 1]) for i in range(depth))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = [self.inc(x)]
+        for down in self.down:
+            feats.append(down(F.max_pool2d(feats[-1], 2)))
+        return feats
+
+
+class UNetDecoder(nn.Module):
+    """U-Net's expanding path: one :class:`Up` per skip, coarse to fine, then a 1x1 classifier.
+
+    Shapes: the encoder's features [(N, c0, H, W) .. (N, c_depth, H/2**depth, W/2**depth)] -> (N, num_classes, H, W).
+    """
+
+    def __init__(self, channels: list[int], num_classes: int, up_mode: str = "transpose") -> None:
+        super().__init__()
+        if up_mode not in UP_MODES:
+            raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
+        self.up = nn.ModuleList(Up(channels[i + 1], channels[i], up_mode) for i in reversed(range(len(channels) - 1)))
+        self.classifier = nn.Conv2d(channels[0], num_classes, 1)
+
+    def forward(self, feats: list[Tensor]) -> Tensor:
+        x = feats[-1]  # the bottom of the U
+        for up, skip in zip(self.up, reversed(feats[:-1]), strict=True):
+            x = up(x, skip)
+        return self.classifier(x)
+
+
+@register_model(
+    "unet",
+    paper='Ronneberger, Fischer, Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation", MICCAI 2015',
+    url="https://arxiv.org/abs/1505.04597",
+    chapter="03_unet",
+    quick=Recipe(16, 1e-3, "adamw", model_kwargs={"base_channels": 16}, crop=(96, 128), batch_size=4,
+                 note="ch. 03 QUICK, 16 base channels"),
+    full=(
+        Recipe(80, 1e-2, row="unet", note="ch. 03, 64 base channels, plain CE"),
+        Recipe(80, 1e-2, class_weights="median", row="unet-mfb", note="ch. 03, median-frequency weights"),
+    ),
+    compare=True,
+)  # fmt: skip
+def unet(
+    num_classes: int,
+    *,
+    in_channels: int = 3,
+    depth: int = 4,
+    base_channels: int = 64,
+    up_mode: str = "transpose",
+) -> SegmentationModel:
+    """U-Net with ``depth`` down-steps, trained from scratch (it has no pretrained backbone).
 
     Ronneberger, Fischer, Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation", MICCAI 2015,
     https://arxiv.org/abs/1505.04597
 
     As in most re-implementations, convolutions are padded (the paper's are not, so its output is smaller than its
     input) and followed by BatchNorm (the paper predates it). Defaults are the paper's: 64 channels, 4 down-steps,
-    1024 channels at the bottom; 31.04 M parameters for 2 classes.
+    1024 channels at the bottom.
 
     Shapes: (N, in_channels, H, W) -> padded to a multiple of 2**depth -> bottom (N, base * 2**depth, H/2**depth,
     W/2**depth) -> ``{"out": (N, num_classes, H, W)}``.
     """
-
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int = 3,
-        depth: int = 4,
-        base_channels: int = 64,
-        up_mode: str = "transpose",
-    ) -> None:
-        super().__init__()
-        if up_mode not in UP_MODES:
-            raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
-        if depth < 1 or base_channels < 1:
-            raise ValueError(f"depth and base_channels must be >= 1, got depth={depth}, base_channels={base_channels}")
-        widths = [base_channels * 2**i for i in range(depth + 1)]
-        self.depth = depth
-        self.inc = DoubleConv(in_channels, widths[0])
-        self.down = nn.ModuleList(DoubleConv(widths[i], widths[i + 1]) for i in range(depth))
-        self.up = nn.ModuleList(Up(widths[i + 1], widths[i], up_mode) for i in reversed(range(depth)))
-        self.classifier = nn.Conv2d(widths[0], num_classes, 1)
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        h, w = x.shape[-2:]
-        x = self.inc(pad_to_multiple(x, 2**self.depth))
-        skips = []
-        for down in self.down:
-            skips.append(x)
-            x = down(F.max_pool2d(x, 2))
-        for up, skip in zip(self.up, reversed(skips), strict=True):
-            x = up(x, skip)
-        return {"out": self.classifier(x)[..., :h, :w]}
-
-
-@register_model("unet")
-def unet(
-    num_classes: int,
-    *,
-    pretrained_backbone: bool = False,
-    aux_loss: bool = False,
-    in_channels: int = 3,
-    depth: int = 4,
-    base_channels: int = 64,
-    up_mode: str = "transpose",
-) -> UNet:
-    """The paper's U-Net (trained from scratch: it has no pretrained backbone)."""
-    if aux_loss:
-        raise ValueError("U-Net has no auxiliary head; pass aux_loss=False")
-    if pretrained_backbone:
-        raise ValueError("U-Net has no pretrained backbone; pass pretrained_backbone=False")
-    return UNet(num_classes, in_channels=in_channels, depth=depth, base_channels=base_channels, up_mode=up_mode)
+    encoder = UNetEncoder(in_channels, depth, base_channels)
+    decoder = UNetDecoder(encoder.channels, num_classes, up_mode)
+    return SegmentationModel(encoder, decoder, size_divisor=2**depth)

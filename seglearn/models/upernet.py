@@ -5,20 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import RESNETS, ResNetBackbone
+from .backbones import RESNET_BACKBONES, ResNetBackbone
 from .blocks import ConvBNReLU, FCNHead
 from .ppm import PyramidPooling
-from .registry import register_model
-from .shell import SegmentationModel
-
-
-def _resize(x: Tensor, size: torch.Size | tuple[int, int]) -> Tensor:
-    if x.shape[-2:] == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+from .registry import Recipe, register_model
+from .segmentation_model import SegmentationModel, resize_to
 
 
 class UPerHead(nn.Module):
@@ -63,10 +56,10 @@ class UPerHead(nn.Module):
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats, strict=False)]
         laterals.append(self.ppm(feats[-1]))
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + _resize(laterals[i], laterals[i - 1].shape[-2:])
+            laterals[i - 1] = laterals[i - 1] + resize_to(laterals[i], laterals[i - 1].shape[-2:])
         levels = [conv(x) for conv, x in zip(self.fpn_convs, laterals, strict=False)] + [laterals[-1]]
         size = levels[0].shape[-2:]
-        fused = self.fpn_bottleneck(torch.cat([_resize(x, size) for x in levels], dim=1))
+        fused = self.fpn_bottleneck(torch.cat([resize_to(x, size) for x in levels], dim=1))
         out = {f"p{i + 2}": x for i, x in enumerate(levels)}
         out["fused"] = fused
         return out
@@ -75,7 +68,22 @@ class UPerHead(nn.Module):
         return self.classifier(self.dropout(self.forward_features(feats)["fused"]))
 
 
-@register_model("upernet")
+@register_model(
+    "upernet",
+    paper='Xiao et al., "Unified Perceptual Parsing for Scene Understanding", ECCV 2018',
+    url="https://arxiv.org/abs/1807.10221",
+    chapter="07_upernet",
+    aux_loss=True,
+    pretrained_backbone=True,
+    backbones=RESNET_BACKBONES,
+    quick=Recipe(8, 1e-3, "adamw", model_kwargs={"backbone": "resnet18", "channels": 128}, aux_loss=True,
+                 crop=(96, 128), batch_size=4, note="ch. 07 QUICK, ResNet-18, 128 decoder channels"),
+    full=(
+        Recipe(80, 1e-2, model_kwargs={"backbone": "resnet50"}, aux_loss=True, row="upernet",
+               note="ch. 07, ResNet-50, 512 ch."),
+    ),
+    compare=True,
+)  # fmt: skip
 def upernet(
     num_classes: int,
     *,
@@ -91,11 +99,9 @@ def upernet(
     Any input size works: the top-down path resizes to each lateral's size. In training mode the PPM's 1x1 bin needs
     a batch of at least 2 (BatchNorm). ``output_stride=8`` (or 16) dilates layer3/4 instead (the FPN then adds
     levels of equal size). With ``aux_loss`` an :class:`FCNHead` on layer3 gives ``"aux"`` (weight 0.4 in
-    ``SegLoss``). ``channels=512``, 150 classes and ``aux_loss=True`` give 66,496,876 parameters (mmseg's
-    UPerNet-R50: ~66.5 M, its ResNetV1c deep stem adding 19,232).
+    ``SegLoss``). With ``channels=512``, 150 classes and ``aux_loss=True`` it is mmsegmentation's UPerNet-R50 but
+    for the stem (mmseg's ResNetV1c has a deep stem); tests/test_upernet.py pins the parameter count.
     """
-    if backbone not in RESNETS:
-        raise ValueError(f"upernet needs a ResNet backbone ({', '.join(RESNETS)}), got {backbone!r}")
     body = ResNetBackbone(backbone, pretrained=pretrained_backbone, output_stride=output_stride)
     head = UPerHead(body.channels, num_classes, channels=channels, pool_scales=pool_scales)
     aux = FCNHead(body.channels[-2], num_classes) if aux_loss else None
