@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -78,18 +79,33 @@ class _Canvas:
         self.image[rows, cols][mask] = self.color(cls) if color is None else color
 
 
-def _draw_scene(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    c = _Canvas(h, w, rng)
-    u = rng.uniform
-    horizon = h * u(0.35, 0.55)
-    vx = w * u(0.3, 0.7)
-    ground = h - horizon
+@dataclass
+class _Layout:
+    """Where the scene's ground is: the horizon's row, the vanishing point's column, and the road's perspective."""
 
+    h: int
+    w: int
+    horizon: float
+    vx: float
+    half_coef: float = 0.0
+    shift_coef: float = 0.0
+
+    @property
+    def ground(self) -> float:
+        return self.h - self.horizon
+
+    def ground_x(self, rng: np.random.Generator, d: float, side: int) -> float:
+        """x of a point at depth d: on the road for side 0, on the pavement left (-1) or right (+1) of it."""
+        centre, half_d = self.vx + self.shift_coef * d, self.half_coef * d + 1
+        return centre + half_d * (rng.uniform(-0.6, 0.6) if side == 0 else side * rng.uniform(1.05, 1.8))
+
+
+def _draw_sky_and_buildings(c: _Canvas, at: _Layout, rng: np.random.Generator) -> None:
+    u, h, w, horizon = rng.uniform, at.h, at.w, at.horizon
     # Sky: vertical gradient between two sky colours.
     top, bottom = c.color(SKY), c.color(SKY)
     t = np.linspace(0, 1, max(int(horizon) + 1, 1), dtype=np.float32)[:, None, None]
     c.image[: len(t)] = top * (1 - t) + bottom * t
-
     # Buildings along the horizon with gaps of sky; windows are darker or brighter patches of the same class.
     x = u(-0.1, 0.05) * w
     while x < w:
@@ -105,102 +121,122 @@ def _draw_scene(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, n
                     c.rect(wy, wy + ph, wx, wx + pw, BUILDING, win)
         x += bw
 
-    # Ground: pavement everywhere below the horizon, a perspective road trapezoid over it.
+
+def _draw_ground(c: _Canvas, at: _Layout, rng: np.random.Generator) -> None:
+    """Pavement everywhere below the horizon, a perspective road trapezoid over it (sets the layout's road)."""
+    u, h, w, horizon = rng.uniform, at.h, at.w, at.horizon
     y_h = min(int(np.ceil(horizon)), h - 1)
     rows = np.arange(y_h, h, dtype=np.float32)[:, None]
     cols = np.arange(w, dtype=np.float32)[None, :]
-    depth = (rows - horizon) / max(ground, 1.0)  # 0 at the horizon, 1 at the bottom
+    depth = (rows - horizon) / max(at.ground, 1.0)  # 0 at the horizon, 1 at the bottom
     c.rect(y_h, h, 0, w, PAVEMENT)
-    half_coef, shift_coef = w * u(0.3, 0.6), w * u(-0.15, 0.15)
-    half, shift = half_coef * depth + 1, shift_coef * depth
-    offset = np.abs(cols - vx - shift)
+    at.half_coef, at.shift_coef = w * u(0.3, 0.6), w * u(-0.15, 0.15)
+    half, shift = at.half_coef * depth + 1, at.shift_coef * depth
+    offset = np.abs(cols - at.vx - shift)
     road = offset < half
     c.region(road, ROAD, y0=y_h)
     marking = road & (offset < half * 0.015 + 0.5) & ((depth * 12 + u()) % 1 < 0.5)
     c.region(marking, ROAD, np.full(3, u(180, 250), np.float32), y0=y_h)
 
-    def ground_x(d: float, side: int) -> float:
-        """x of a point at depth d: on the road for side 0, on the pavement left (-1) or right (+1) of it."""
-        centre, half_d = vx + shift_coef * d, half_coef * d + 1
-        return centre + half_d * (u(-0.6, 0.6) if side == 0 else side * u(1.05, 1.8))
 
-    # Trees and fences behind the pavement, far to near.
+def _draw_trees_and_fence(c: _Canvas, at: _Layout, rng: np.random.Generator) -> None:
+    """Trees and fences behind the pavement, far to near."""
+    u, h, w, horizon, ground = rng.uniform, at.h, at.w, at.horizon, at.ground
     for _ in range(rng.integers(1, 5)):
         d = u(0.02, 0.3)
-        tx, ty = ground_x(d, int(rng.choice([-1, 1]))), horizon + ground * d
+        tx, ty = at.ground_x(rng, d, int(rng.choice([-1, 1]))), horizon + ground * d
         size = h * (0.1 + 0.5 * d) * u(0.6, 1.2)
         c.rect(ty - size, ty, tx - size * 0.05, tx + size * 0.05, TREE)
         canopy = c.color(TREE)
         for _ in range(rng.integers(2, 5)):
-            c.ellipse(
-                ty - size * u(0.7, 1.2),
-                tx + size * u(-0.4, 0.4),
-                size * u(0.2, 0.45),
-                size * u(0.25, 0.5),
-                TREE,
-                canopy * u(0.8, 1.2),
-            )
+            cy, cx = ty - size * u(0.7, 1.2), tx + size * u(-0.4, 0.4)
+            ry, rx = size * u(0.2, 0.45), size * u(0.25, 0.5)
+            c.ellipse(cy, cx, ry, rx, TREE, canopy * u(0.8, 1.2))
     if rng.random() < 0.7:
         side = int(rng.choice([-1, 1]))
         fh = max(h * u(0.04, 0.12), 2)
         y0 = max(int(horizon + ground * u(0.0, 0.1) - fh), 0)
-        x0, x1 = (0, int(max(vx - w * 0.1, 1))) if side < 0 else (int(vx + w * 0.1), w)
+        x0, x1 = (0, int(max(at.vx - w * 0.1, 1))) if side < 0 else (int(at.vx + w * 0.1), w)
         fr = np.arange(y0, min(int(y0 + fh), h), dtype=np.float32)[:, None] - y0
         fc = np.arange(x0, x1, dtype=np.float32)[None, :] - x0
         period, bar = max(w * u(0.01, 0.03), 3), u(0.3, 0.6)
         fence = ((fc / period) % 1 < bar) | (np.abs(fr - fh * 0.2) < 1) | (np.abs(fr - fh * 0.7) < 1)
         c.region(fence, FENCE, y0=y0, x0=x0)
 
-    # Things on the ground, far to near: poles with signs, cars, pedestrians, cyclists, unlabelled clutter.
+
+def _draw_pole(c: _Canvas, at: _Layout, rng: np.random.Generator, d: float, y: float, s: float) -> None:
+    u = rng.uniform
+    px = at.ground_x(rng, d, int(rng.choice([-1, 1])))
+    pw = max(at.w * 0.004 * (1 + 3 * d), 1)
+    top_y = y - s * u(1.5, 3.0)
+    c.rect(top_y, y, px - pw / 2, px + pw / 2, POLE)
+    if rng.random() < 0.8:
+        r = max(s * u(0.12, 0.25), 1.5)
+        if rng.random() < 0.5:
+            c.ellipse(top_y + r, px, r, r, SIGN)
+        else:
+            c.rect(top_y, top_y + r * 1.6, px - r, px + r, SIGN)
+
+
+def _draw_car(c: _Canvas, at: _Layout, rng: np.random.Generator, d: float, y: float, s: float) -> None:
+    u = rng.uniform
+    cx, cw = at.ground_x(rng, d, 0), s * u(1.0, 1.6)
+    ch = cw * u(0.45, 0.6)
+    body = c.color(CAR)
+    c.rect(y - ch * 0.6, y - ch * 0.1, cx - cw / 2, cx + cw / 2, CAR, body)
+    c.rect(y - ch, y - ch * 0.55, cx - cw * 0.3, cx + cw * 0.3, CAR, body * u(0.9, 1.1))
+    c.rect(y - ch * 0.92, y - ch * 0.6, cx - cw * 0.25, cx + cw * 0.25, CAR, body * u(0.2, 0.5))
+    for wx in (cx - cw * 0.3, cx + cw * 0.3):
+        c.ellipse(y - ch * 0.12, wx, ch * 0.14, cw * 0.09, CAR, np.full(3, u(10, 50), np.float32))
+
+
+def _draw_pedestrian(c: _Canvas, at: _Layout, rng: np.random.Generator, d: float, y: float, s: float) -> None:
+    u = rng.uniform
+    px, ph = at.ground_x(rng, d, int(rng.choice([-1, 1]))), s * u(0.8, 1.1)
+    c.rect(y - ph * 0.45, y, px - ph * 0.07, px + ph * 0.07, PEDESTRIAN)
+    c.rect(y - ph * 0.85, y - ph * 0.4, px - ph * 0.1, px + ph * 0.1, PEDESTRIAN)
+    skin = np.float32([u(120, 230), u(80, 180), u(60, 160)])
+    c.ellipse(y - ph * 0.92, px, ph * 0.08, ph * 0.065, PEDESTRIAN, skin)
+
+
+def _draw_bicyclist(c: _Canvas, at: _Layout, rng: np.random.Generator, d: float, y: float, s: float) -> None:
+    u = rng.uniform
+    bx, bs = at.ground_x(rng, d, 0), s * u(0.7, 1.0)
+    frame = c.color(BICYCLIST)
+    for wx in (bx - bs * 0.3, bx + bs * 0.3):
+        c.ellipse(y - bs * 0.18, wx, bs * 0.18, bs * 0.18, BICYCLIST, frame * 0.3)
+    c.rect(y - bs * 0.25, y - bs * 0.18, bx - bs * 0.3, bx + bs * 0.3, BICYCLIST, frame)
+    c.rect(y - bs * 0.85, y - bs * 0.3, bx - bs * 0.08, bx + bs * 0.1, BICYCLIST)
+    c.ellipse(y - bs * 0.93, bx, bs * 0.08, bs * 0.07, BICYCLIST)
+
+
+def _draw_clutter(c: _Canvas, at: _Layout, rng: np.random.Generator, d: float, y: float, s: float) -> None:
+    vw = s * rng.uniform(0.2, 0.6)
+    vx_ = at.ground_x(rng, d, int(rng.choice([-1, 0, 1])))
+    c.rect(y - vw, y, vx_ - vw / 2, vx_ + vw / 2, VOID)
+
+
+_THINGS = {"pole": _draw_pole, "car": _draw_car, "ped": _draw_pedestrian, "bike": _draw_bicyclist,
+           "void": _draw_clutter}  # fmt: skip
+
+
+def _draw_things(c: _Canvas, at: _Layout, rng: np.random.Generator) -> None:
+    """Things on the ground, far to near: poles with signs, cars, pedestrians, cyclists, unlabelled clutter."""
+    u = rng.uniform
     things = [(u(0.05, 0.6), kind) for kind in ["pole"] * int(rng.integers(1, 4)) + ["car"] * int(rng.integers(1, 4))]
     things += [(u(0.1, 0.8), "ped") for _ in range(rng.integers(0, 3))]
     things += [(u(0.1, 0.8), "bike") for _ in range(rng.integers(0, 2 + (rng.random() < 0.5)))]
     if rng.random() < 0.3:
         things.append((u(0.1, 0.9), "void"))
     for d, kind in sorted(things):
-        y = horizon + ground * d
-        s = h * (0.06 + 0.55 * d)  # apparent size grows towards the camera
-        if kind == "pole":
-            px = ground_x(d, int(rng.choice([-1, 1])))
-            pw = max(w * 0.004 * (1 + 3 * d), 1)
-            top_y = y - s * u(1.5, 3.0)
-            c.rect(top_y, y, px - pw / 2, px + pw / 2, POLE)
-            if rng.random() < 0.8:
-                r = max(s * u(0.12, 0.25), 1.5)
-                if rng.random() < 0.5:
-                    c.ellipse(top_y + r, px, r, r, SIGN)
-                else:
-                    c.rect(top_y, top_y + r * 1.6, px - r, px + r, SIGN)
-        elif kind == "car":
-            cx, cw = ground_x(d, 0), s * u(1.0, 1.6)
-            ch = cw * u(0.45, 0.6)
-            body = c.color(CAR)
-            c.rect(y - ch * 0.6, y - ch * 0.1, cx - cw / 2, cx + cw / 2, CAR, body)
-            c.rect(y - ch, y - ch * 0.55, cx - cw * 0.3, cx + cw * 0.3, CAR, body * u(0.9, 1.1))
-            c.rect(y - ch * 0.92, y - ch * 0.6, cx - cw * 0.25, cx + cw * 0.25, CAR, body * u(0.2, 0.5))
-            for wx in (cx - cw * 0.3, cx + cw * 0.3):
-                c.ellipse(y - ch * 0.12, wx, ch * 0.14, cw * 0.09, CAR, np.full(3, u(10, 50), np.float32))
-        elif kind == "ped":
-            px, ph = ground_x(d, int(rng.choice([-1, 1]))), s * u(0.8, 1.1)
-            c.rect(y - ph * 0.45, y, px - ph * 0.07, px + ph * 0.07, PEDESTRIAN)
-            c.rect(y - ph * 0.85, y - ph * 0.4, px - ph * 0.1, px + ph * 0.1, PEDESTRIAN)
-            c.ellipse(
-                y - ph * 0.92, px, ph * 0.08, ph * 0.065, PEDESTRIAN, np.float32([u(120, 230), u(80, 180), u(60, 160)])
-            )
-        elif kind == "bike":
-            bx, bs = ground_x(d, 0), s * u(0.7, 1.0)
-            frame = c.color(BICYCLIST)
-            for wx in (bx - bs * 0.3, bx + bs * 0.3):
-                c.ellipse(y - bs * 0.18, wx, bs * 0.18, bs * 0.18, BICYCLIST, frame * 0.3)
-            c.rect(y - bs * 0.25, y - bs * 0.18, bx - bs * 0.3, bx + bs * 0.3, BICYCLIST, frame)
-            c.rect(y - bs * 0.85, y - bs * 0.3, bx - bs * 0.08, bx + bs * 0.1, BICYCLIST)
-            c.ellipse(y - bs * 0.93, bx, bs * 0.08, bs * 0.07, BICYCLIST)
-        else:
-            vw = s * u(0.2, 0.6)
-            vx_ = ground_x(d, int(rng.choice([-1, 0, 1])))
-            c.rect(y - vw, y, vx_ - vw / 2, vx_ + vw / 2, VOID)
+        y = at.horizon + at.ground * d
+        s = at.h * (0.06 + 0.55 * d)  # apparent size grows towards the camera
+        _THINGS[kind](c, at, rng, d, y, s)
 
-    # Texture, illumination and sensor noise: low-frequency shading, a per-image colour cast, per-pixel noise.
+
+def _photograph(c: _Canvas, rng: np.random.Generator) -> np.ndarray:
+    """Texture, illumination and sensor noise: low-frequency shading, a per-image colour cast, per-pixel noise."""
+    u, (h, w) = rng.uniform, c.label.shape
     shade = rng.standard_normal((max(h // 16, 2), max(w // 16, 2))).astype(np.float32)
     shade = cv2.resize(shade, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, 1)
     ramp = 1 + u(-0.3, 0.3) * (np.arange(w, dtype=np.float32) / w - 0.5)
@@ -209,7 +245,19 @@ def _draw_scene(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, n
     image = c.image * (light * gain) + u(-20, 20)
     amp = int(u(6, 20))  # uniform sensor noise, std amp / sqrt(3)
     image += rng.integers(-amp, amp + 1, (h, w, 3), dtype=np.int16)
-    return np.clip(image, 0, 255).astype(np.uint8), c.label
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _draw_scene(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One street scene: image uint8 (h, w, 3) and labels uint8 (h, w), drawn back to front."""
+    c = _Canvas(h, w, rng)
+    at = _Layout(h, w, horizon=h * rng.uniform(0.35, 0.55), vx=0.0)
+    at.vx = w * rng.uniform(0.3, 0.7)
+    _draw_sky_and_buildings(c, at, rng)
+    _draw_ground(c, at, rng)
+    _draw_trees_and_fence(c, at, rng)
+    _draw_things(c, at, rng)
+    return _photograph(c, rng), c.label
 
 
 class SyntheticScenes(ClassStatistics, Dataset):
