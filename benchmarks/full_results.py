@@ -1,11 +1,12 @@
 """The README's FULL-mode results table: every model of the series trained on CamVid with `python -m seglearn train`.
 
-Each row is one command (the chapter's FULL recipe: 367 train images at 360x480, batch 8, SGD with poly decay unless
-said otherwise), scored on the 101 val images by ``seglearn.evaluate`` at the end of training, from scratch (no
-ImageNet weights). A run writes ``runs/full/<row>/run.json``; the table is made from those files, so every number in it
-comes from the command printed beside it. A chapter notebook executed in FULL mode on CamVid leaves a record of the
-same kind (``notebooks/runs/chapters``); it takes its row's place, with the notebook command, so the executed chapters
-and the table show the same runs and a GPU trains each model once.
+Each row is one command: a model's FULL recipe as its registration declares it (``seglearn.models.full_recipes()``;
+367 train images at 360x480, batch 8, SGD with poly decay unless said otherwise), scored on the 101 val images by
+``seglearn.evaluate`` at the end of training, from scratch (no ImageNet weights). A run writes
+``runs/full/<row>/run.json``; the table is made from those files, so every number in it comes from the command
+printed beside it. A chapter notebook executed in FULL mode on CamVid leaves a record of the same kind
+(``notebooks/runs/chapters``); it takes its row's place, with the notebook command, so the executed chapters and the
+table show the same runs and a GPU trains each model once.
 
     python benchmarks/full_results.py --list                   # the roster: each row's exact command
     python benchmarks/full_results.py --rows segnet unet        # train these rows (a GPU), skipping finished ones
@@ -35,9 +36,11 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from seglearn.models import Recipe, full_recipes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- full-results:begin -->", "<!-- full-results:end -->"
@@ -50,42 +53,44 @@ NOTES = "row.json"  # the runner's own record of a row: canonical command, epoch
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """One row: the model, its training options beyond the common ones, and where the recipe comes from."""
+class Row:
+    """One row of the table: its name, the model, and the model's FULL recipe it trains (from the registry)."""
 
     row: str
     model: str
-    epochs: int
-    lr: float
-    options: list[str] = field(default_factory=list)
-    note: str = ""
+    recipe: Recipe
+
+    @property
+    def note(self) -> str:
+        return self.recipe.note
 
 
-# The chapters' FULL-mode recipes (same epochs, lr, weight decay, heads, loss), so the executed notebooks and this
-# table describe the same training. lr was chosen once per family, not tuned on val: 1e-3 for VGG16 without
-# BatchNorm (it diverges from random weights at 1e-2), 1e-2 with BatchNorm; adamw for the tiny baseline.
-MFB = ("--class-weights", "median")  # SegNet's median-frequency balancing
-ROSTER: list[Recipe] = [
-    Recipe("tinyfcn", "tinyfcn", 60, 1e-3, ["--optimizer", "adamw"], "ch. 00 baseline, 0.3 M parameters"),
-    Recipe("fcn8s", "fcn8s", 60, 1e-3, ["--weight-decay", "5e-4"], "ch. 01, VGG16, the paper's geometry"),
-    Recipe("fcn-r50", "fcn", 50, 1e-2, ["--backbone", "resnet50", "--aux-loss"], "torchvision's FCN-ResNet50"),
-    Recipe("segnet", "segnet", 60, 1e-2, [], "ch. 02, VGG16-BN encoder"),
-    Recipe("segnet-basic", "segnet_basic", 60, 1e-2, [*MFB], "the paper's SegNet-Basic, median-frequency weights"),
-    Recipe("unet", "unet", 80, 1e-2, [], "ch. 03, 64 base channels, plain CE"),
-    Recipe("unet-mfb", "unet", 80, 1e-2, [*MFB], "ch. 03, median-frequency weights"),
-    Recipe("deeplabv1", "deeplabv1", 50, 1e-3, ["--weight-decay", "5e-4"], "ch. 04, LargeFOV, no CRF"),
-    Recipe("deeplabv3", "deeplabv3", 50, 1e-2, ["--backbone", "resnet50"], "ch. 05, ResNet-50, OS 16"),
-    Recipe("encnet", "encnet", 80, 1e-2, ["--backbone", "resnet50", "--aux-loss"], "ch. 06, ResNet-50, OS 8, SE-loss"),
-    Recipe("upernet", "upernet", 80, 1e-2, ["--backbone", "resnet50", "--aux-loss"], "ch. 07, ResNet-50, 512 ch."),
-]
+def roster() -> list[Row]:
+    """Every FULL row, in roster order: ``seglearn.models.full_recipes()``, where each model declares its recipes
+    (the chapters train the same ones, so the executed notebooks and this table describe the same training)."""
+    return [Row(recipe.row, info.name, recipe) for info, recipe in full_recipes()]
 
 
-def command(
-    r: Recipe, out_root: Path, *, epochs: int | None = None, workers: int = 8, extra: list[str] = ()
-) -> list[str]:
+def recipe_options(recipe: Recipe) -> list[str]:
+    """The ``seglearn train`` options of a recipe beyond the ones every row shares (model, data, crop, batch, epochs,
+    lr): a non-default optimizer or weight decay, the backbone and other model keywords, the aux head, class weights."""
+    options = ["--optimizer", recipe.optimizer] if recipe.optimizer != "sgd" else []
+    options += ["--weight-decay", f"{recipe.weight_decay:g}"] if recipe.weight_decay != 1e-4 else []
+    kwargs = dict(recipe.model_kwargs)
+    options += ["--backbone", str(kwargs.pop("backbone"))] if "backbone" in kwargs else []
+    for key, value in kwargs.items():
+        options += ["--model-arg", f"{key}={value}"]
+    options += ["--aux-loss"] if recipe.aux_loss else []
+    options += ["--class-weights", recipe.class_weights] if recipe.class_weights else []
+    return options
+
+
+def command(r: Row, out_root: Path, *, epochs: int | None = None, workers: int = 8, extra: list[str] = ()) -> list[str]:
     """The ``python -m seglearn train ...`` argv of a row (``epochs`` overrides the recipe's)."""
-    argv = ["python", "-m", "seglearn", "train", "--model", r.model, "--dataset", "camvid", "--crop", "360", "480"]
-    argv += ["--batch-size", "8", "--epochs", str(epochs or r.epochs), "--lr", f"{r.lr:g}", *r.options]
+    recipe = r.recipe
+    argv = ["python", "-m", "seglearn", "train", "--model", r.model, "--dataset", "camvid"]
+    argv += ["--crop", *map(str, recipe.crop), "--batch-size", str(recipe.batch_size)]
+    argv += ["--epochs", str(epochs or recipe.epochs), "--lr", f"{recipe.lr:g}", *recipe_options(recipe)]
     argv += ["--preload", "--workers", str(workers), "--seed", "0", "--out", str(out_root / r.row), *extra]
     return argv
 
@@ -140,7 +145,7 @@ class _Job:
     t_start: float = 0.0
 
 
-def _plan(r: Recipe, out: Path, canonical: list[str]) -> _Job | str | None:
+def _plan(r: Row, out: Path, canonical: list[str]) -> _Job | str | None:
     """What to do with a row: None when finished, a message when its folder holds another command's unfinished run,
     else the job that starts it, or resumes it from its checkpoint with the command it was started with."""
     run, notes = _read(out / "run.json"), _read(out / NOTES) or {}
@@ -212,7 +217,7 @@ def _finish(job: _Job) -> str | None:
     return None
 
 
-def train(rows: list[Recipe], out_root: Path, *, epochs: int | None, workers: int, extra: list[str], force: bool,
+def train(rows: list[Row], out_root: Path, *, epochs: int | None, workers: int, extra: list[str], force: bool,
           jobs: int = 1, stop_after: float | None = None, margin: float = MARGIN_S,
           min_budget: float = MIN_BUDGET_S) -> list[str]:  # fmt: skip
     """Run the rows' commands, ``jobs`` at a time (a log beside each run.json); finished rows are skipped unless
@@ -266,7 +271,7 @@ def train(rows: list[Recipe], out_root: Path, *, epochs: int | None, workers: in
     return failures
 
 
-def pack(path: Path, rows: list[Recipe], out_root: Path, chapters: Path | None, root: Path = REPO_ROOT) -> list[str]:
+def pack(path: Path, rows: list[Row], out_root: Path, chapters: Path | None, root: Path = REPO_ROOT) -> list[str]:
     """Write ``path`` (.tgz): each row's RESULT_FILES under ``out_root`` and the FULL chapter records, named relative
     to ``root`` so that ``tar xzf`` there restores them. Returns the names."""
     files = [out_root / r.row / name for r in rows for name in RESULT_FILES if (out_root / r.row / name).is_file()]
@@ -310,7 +315,7 @@ def table(records: list[dict], notes: dict[str, str]) -> str:
     return "\n".join(lines + [""] * bool(pending) + pending)
 
 
-def load_records(out_root: Path, rows: list[Recipe], chapters: Path | None = None) -> list[dict]:
+def load_records(out_root: Path, rows: list[Row], chapters: Path | None = None) -> list[dict]:
     """Per row, in roster order: the FULL-mode record its chapter notebook left in ``chapters`` (so the table and
     the executed notebook show the same run), else the ``run.json`` of its ``seglearn train`` command, else nothing."""
     from_chapters: dict[str, dict] = {}
@@ -364,13 +369,14 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--pack-root", type=Path, default=REPO_ROOT, help="--pack names files relative to it (the repo)")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more `seglearn train` options for every row")
     args = p.parse_args(argv)
-    known = {r.row: r for r in ROSTER}
+    everything = roster()
+    known = {r.row: r for r in everything}
     unknown = sorted(set(args.rows or []) - set(known))
     if unknown:
         raise SystemExit(f"unknown rows {', '.join(unknown)}; choose from: {', '.join(known)}")
     if args.jobs < 1 or (args.stop_after is not None and args.stop_after <= 0):
         raise SystemExit("--jobs takes a count of at least 1 and --stop-after a positive number of seconds")
-    rows = [known[name] for name in args.rows] if args.rows else ROSTER
+    rows = [known[name] for name in args.rows] if args.rows else everything
     extra = [a for a in args.extra if a != "--"]
     workers = args.workers if args.workers is not None else max(1, min(8, (os.cpu_count() or 1) // args.jobs))
     if args.list:
@@ -383,7 +389,7 @@ def main(argv: list[str] | None = None) -> str:
         failures = train(rows, args.out, epochs=args.epochs, workers=workers, extra=extra, force=args.force,
                          jobs=args.jobs, stop_after=args.stop_after, margin=args.margin,
                          min_budget=args.min_budget)  # fmt: skip
-    markdown = table(load_records(args.out, rows, args.chapters), {r.row: r.note for r in ROSTER})
+    markdown = table(load_records(args.out, rows, args.chapters), {r.row: r.note for r in everything})
     print(markdown)
     if args.pack is not None:  # also after a failed row, so the others' results still come back
         names = pack(args.pack, rows, args.out, args.chapters, args.pack_root)

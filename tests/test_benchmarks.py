@@ -174,3 +174,23 @@ def test_data_throughput_tiny_camvid_with_and_without_preload(data_bench, tmp_pa
     text = "\n".join(lines)
     _check_data_records(records, text, preloaded=False)
     assert "1 images" in text and "preload:" not in text
+
+
+def test_model_table_measures_every_registered_model_and_every_full_row(load_benchmark, capsys):
+    from seglearn.models import full_recipes, list_models
+
+    table = load_benchmark("model_table")
+    rows = table.model_rows(list_models(), 11, (64, 96))
+    assert [r[0] for r in rows] == list_models() and not any("error" in r[3] for r in rows)
+    assert all(r[3] == "1x11x64x96" for r in rows)
+    recipes = table.recipe_rows(11)
+    assert [r[0] for r in recipes] == [recipe.row for _, recipe in full_recipes()]
+    by_row = {r[0]: r for r in recipes}
+    assert by_row["fcn-r50"][2] == "backbone=resnet50, aux head" and "median class weights" in by_row["unet-mfb"][2]
+    _, flops, _ = table.measure("tinyfcn", 11, (360, 480))
+    epochs = next(recipe.epochs for _, recipe in full_recipes() if recipe.row == "tinyfcn")
+    assert by_row["tinyfcn"][4] == f"{flops / 1e9:.1f}" and by_row["tinyfcn"][5] == str(epochs)
+    assert by_row["tinyfcn"][6] == f"{flops * 3 * 367 * epochs / 1e15:.1f}"
+    table.main(["--recipes", "--markdown"])
+    out = capsys.readouterr().out
+    assert "| row | model | configuration |" in out and "| upernet | upernet |" in out

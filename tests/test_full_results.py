@@ -29,13 +29,43 @@ def test_every_full_row_is_a_valid_train_command(full_bench, capsys):
 
     text = full_bench.main(["--list", "--out", "runs/full"])
     commands = [shlex.split(line) for line in text.splitlines()]
-    assert len(commands) == len(full_bench.ROSTER) >= 10
-    for argv, recipe in zip(commands, full_bench.ROSTER, strict=True):
+    rows = full_bench.roster()
+    assert len(commands) == len(rows) >= 10
+    for argv, row in zip(commands, rows, strict=True):
         assert argv[:4] == ["python", "-m", "seglearn", "train"]
         args = build_parser().parse_args(argv[3:])  # a typo in a recipe fails here, not on a GPU
-        assert (args.model, args.dataset, args.crop, args.batch_size) == (recipe.model, "camvid", [360, 480], 8)
+        assert (args.model, args.dataset, args.crop, args.batch_size) == (row.model, "camvid", [360, 480], 8)
         assert not args.pretrained_backbone  # the table is trained from scratch
         assert args.preload  # decoded once into RAM: same data, and workers keep a GPU fed
+
+
+def test_row_commands_come_from_the_registry_recipes(full_bench):
+    from seglearn.models import Recipe, model_info
+
+    fcn = _row(full_bench, "fcn-r50")
+    assert fcn.model == "fcn" and fcn.recipe in model_info("fcn").full
+    assert shlex.join(full_bench.command(fcn, Path("runs/full"), workers=8)) == (
+        "python -m seglearn train --model fcn --dataset camvid --crop 360 480 --batch-size 8 --epochs 50 --lr 0.01 "
+        "--backbone resnet50 --aux-loss --preload --workers 8 --seed 0 --out runs/full/fcn-r50"
+    )
+    recipe = Recipe(epochs=3, lr=1e-3, optimizer="adamw", weight_decay=5e-4, aux_loss=True, class_weights="median",
+                    model_kwargs={"backbone": "resnet18", "base_channels": 16})  # fmt: skip
+    assert full_bench.recipe_options(recipe) == [
+        "--optimizer", "adamw", "--weight-decay", "0.0005", "--backbone", "resnet18", "--model-arg",
+        "base_channels=16", "--aux-loss", "--class-weights", "median",
+    ]  # fmt: skip
+
+
+def test_a_registered_model_with_a_full_recipe_is_a_row(full_bench, monkeypatch):
+    from seglearn.models import Recipe, registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register_model("toy", paper="a toy", full=(Recipe(epochs=2, lr=0.1, row="toy-row", note="a toy"),))(
+        lambda num_classes: torch.nn.Conv2d(3, num_classes, 1)
+    )
+    assert "toy-row" in {r.row for r in full_bench.roster()}
+    text = full_bench.main(["--list", "--rows", "toy-row", "--workers", "0"])
+    assert text.startswith("python -m seglearn train --model toy --dataset camvid") and "--epochs 2 --lr 0.1 " in text
 
 
 @pytest.mark.parametrize(
@@ -45,7 +75,7 @@ def test_every_full_row_is_a_valid_train_command(full_bench, capsys):
 )  # fmt: skip
 def test_full_rows_train_as_long_as_their_chapter(full_bench, row, chapter):
     # The executed FULL notebooks and the table must describe the same training: same epochs and lr.
-    recipe = next(r for r in full_bench.ROSTER if r.row == row)
+    recipe = next(r for r in full_bench.roster() if r.row == row).recipe
     notebook = next((REPO_ROOT / "notebooks").glob(f"{chapter}_*.ipynb")).read_text()
     assert f"full={recipe.epochs})" in notebook
     lrs = re.findall(r"lr=(?:cfg\.pick\(quick=[^,]+, full=)?([0-9][0-9.e-]*)", notebook)
@@ -71,7 +101,7 @@ def _main(full_bench, argv: list[str]) -> tuple[str, str | None]:
 
 @pytest.fixture(scope="module")
 def parts(full_bench, tmp_path_factory):
-    """Two invocations on one --out, as in a GPU session of 10-minute calls (4 subprocesses in all):
+    """Two invocations on one --out, as on a machine used in time slots (4 subprocesses in all):
 
     1. tinyfcn and unet at once under --stop-after with a budget below one epoch: tinyfcn stops after epoch 1; unet's
        folder holds a bad checkpoint, so it fails (exit 2). --pack runs all the same.
@@ -94,8 +124,12 @@ def parts(full_bench, tmp_path_factory):
             "run1": run1, "names1": names1, "log2": log2, "error2": error2}  # fmt: skip
 
 
+def _row(full_bench, name: str):
+    return next(r for r in full_bench.roster() if r.row == name)
+
+
 def _canonical(full_bench, row: str, out: Path, workers: int = 0, extra: list[str] = TINY) -> str:
-    recipe = next(r for r in full_bench.ROSTER if r.row == row)
+    recipe = _row(full_bench, row)
     return shlex.join(full_bench.command(recipe, out, epochs=3, workers=workers, extra=extra))
 
 
@@ -146,7 +180,7 @@ def test_the_next_invocation_resumes_the_row_to_its_last_epoch(full_bench, parts
 
 def test_a_checkpoint_without_run_json_is_resumed_with_its_first_command(full_bench, tmp_path):
     # a part killed mid-epoch: its last epoch's checkpoint, the runner's notes, no run.json
-    recipe = next(r for r in full_bench.ROSTER if r.row == "segnet")
+    recipe = _row(full_bench, "segnet")
     folder, first = tmp_path / "segnet", _canonical(full_bench, "segnet", tmp_path, workers=8)
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "checkpoints" / "last.pt").write_bytes(b"")
@@ -248,7 +282,7 @@ def test_budget_arithmetic_and_what_counts_as_finished(full_bench):
 
 
 def test_an_unfinished_run_of_another_command_is_not_resumed(full_bench, tmp_path):
-    recipe = next(r for r in full_bench.ROSTER if r.row == "unet")
+    recipe = _row(full_bench, "unet")
     folder = tmp_path / "unet"
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "checkpoints" / "last.pt").write_bytes(b"")
@@ -262,7 +296,7 @@ def test_an_unfinished_run_of_another_command_is_not_resumed(full_bench, tmp_pat
 
 
 def test_an_unfinished_run_without_its_checkpoint_starts_again(full_bench, tmp_path, capsys):
-    recipe = next(r for r in full_bench.ROSTER if r.row == "segnet")
+    recipe = _row(full_bench, "segnet")
     canonical = full_bench.command(recipe, tmp_path, epochs=3, workers=0)
     (tmp_path / "segnet").mkdir()
     (tmp_path / "segnet" / "run.json").write_text(json.dumps({"epochs": 1, "stopped_early": True, "row_epochs": 3,

@@ -2,9 +2,9 @@
 
 CI runs the chapters in QUICK mode (nbval); FULL mode needs a GPU and real CamVid, so its code paths (360x480 frames,
 paper-sized models, from-scratch backbones, the ``full=`` side of every ``cfg.pick``) would otherwise first run on a
-scarce GPU. Here each chapter runs unchanged in FULL mode after ONE injected cell that caps the amount of work by
-wrapping library functions: fewer images and epochs, never smaller frames or models. Every FULL training run must
-leave runs/checkpoints/<name>/last.pt, and one chapter executed twice in the same folder must resume from it.
+GPU, hours into a run. Here each chapter runs unchanged in FULL mode after ONE injected cell that caps the amount of
+work by wrapping library functions: fewer images and epochs, never smaller frames or models. Every FULL training run
+must leave runs/checkpoints/<name>/last.pt, and one chapter executed twice in the same folder must resume from it.
 """
 
 from __future__ import annotations
@@ -336,7 +336,7 @@ class TestSingleModelChapters:
 class TestMultiModelChapters:
     @pytest.mark.parametrize("path", MULTI, ids=[p.stem for p in MULTI])
     def test_runs_in_full_mode(self, path: Path, full_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-        # 08's FULL budget (600 s per model, ~90 min) can be cut for time-limited GPU sessions
+        # 08's FULL budget (600 s per model, ~90 min) can be cut with SEGLEARN_COMPARE_BUDGET_S
         budget = {"SEGLEARN_COMPARE_BUDGET_S": "7"} if path.stem == "08_compare" else {}
         text = _run_in_full_mode(path, full_env, monkeypatch, **budget)
         if budget:
