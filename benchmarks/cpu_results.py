@@ -19,22 +19,19 @@ from torch.utils.data import DataLoader, RandomSampler
 
 import seglearn
 from seglearn import data
-from seglearn.models import count_parameters
+from seglearn.models import ModelInfo, comparison_roster, count_parameters
 
-# The notebooks' QUICK variants: the chapter's model with a smaller backbone or width where the paper's is too slow.
-ROSTER: dict[str, dict] = {
-    "tinyfcn": {},
-    "fcn8s": {},
-    "fcn": {"backbone": "resnet18"},
-    "segnet": {},
-    "unet": {"base_channels": 16},
-    "deeplabv1": {},
-    "deeplabv3": {"backbone": "resnet18"},
-    "encnet": {"backbone": "resnet18"},
-    "upernet": {"backbone": "resnet18", "channels": 128},
-}
-LR = {"fcn8s": 1e-3, "deeplabv1": 1e-3}  # VGG16 without BatchNorm diverges from random weights at 1e-2
-AUX = {"fcn", "deeplabv3", "encnet", "upernet"}
+
+def small_variant(info: ModelInfo) -> tuple[dict, bool]:
+    """(create_model keywords, aux head) of the variant QUICK mode trains, as the model's registration declares it
+    (a smaller backbone or width where the paper's is too slow for a CPU; the paper's configuration otherwise)."""
+    return (dict(info.quick.model_kwargs), info.quick.aux_loss) if info.quick is not None else ({}, False)
+
+
+def sgd_lr(model: torch.nn.Module) -> float:
+    """1e-2, or 1e-3 for a network without BatchNorm (VGG16's fcn8s and deeplabv1 diverge from random weights at
+    1e-2 with SGD): the lr rule of the FULL recipes, which choose lr per family, never on val."""
+    return 1e-2 if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()) else 1e-3
 
 
 def loaders(size: tuple[int, int], batch_size: int, images_per_epoch: int, seed: int) -> tuple[DataLoader, DataLoader]:
@@ -57,21 +54,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--budget", type=float, default=120.0, help="training seconds per model")
     p.add_argument("--size", type=int, nargs=2, default=(120, 160))
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--models", nargs="*", default=list(ROSTER))
+    p.add_argument("--models", nargs="*", default=None, help="names (default: the comparison roster)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     train_loader, val_loader = loaders(tuple(args.size), args.batch_size, 64, args.seed)
+    roster = {info.name: info for info in comparison_roster()}
+    unknown = sorted(set(args.models or []) - set(roster))
+    if unknown:
+        raise SystemExit(f"not in the comparison roster: {', '.join(unknown)}; choose from {', '.join(roster)}")
     rows = []
-    for name in args.models:
+    for name in args.models or list(roster):
+        kwargs, aux = small_variant(roster[name])
         torch.manual_seed(args.seed)
-        model = seglearn.create_model(name, 11, aux_loss=name in AUX, **ROSTER[name])
+        model = seglearn.create_model(name, 11, aux_loss=aux, **kwargs)
         start = time.perf_counter()
-        history = seglearn.fit(model, train_loader, val_loader, epochs=1000, lr=LR.get(name, 1e-2), seed=args.seed,
+        history = seglearn.fit(model, train_loader, val_loader, epochs=1000, lr=sgd_lr(model), seed=args.seed,
                                device="cpu", time_budget_s=args.budget, progress=False, live_plot=False)  # fmt: skip
         best = max(history.val, key=lambda s: s.miou)
         rows.append({
-            "model": name, "config": ROSTER[name], "params_m": count_parameters(model) / 1e6,
+            "model": name, "config": {**kwargs, **({"aux_loss": True} if aux else {})},
+            "params_m": count_parameters(model) / 1e6,
             "epochs": history.epochs, "images": history.epochs * 64, "wall_s": time.perf_counter() - start,
             "miou": 100 * history.val[-1].miou, "best_miou": 100 * best.miou,
             "pixel_acc": 100 * history.val[-1].pixel_acc,

@@ -194,3 +194,20 @@ def test_model_table_measures_every_registered_model_and_every_full_row(load_ben
     table.main(["--recipes", "--markdown"])
     out = capsys.readouterr().out
     assert "| row | model | configuration |" in out and "| upernet | upernet |" in out
+
+
+def test_cpu_results_trains_the_registrys_small_variants(load_benchmark, shared_camvid, tmp_path, capsys):
+    from seglearn.models import comparison_roster, create_model
+
+    bench = load_benchmark("cpu_results")
+    variants = {info.name: bench.small_variant(info) for info in comparison_roster()}
+    assert variants["unet"] == ({"base_channels": 16}, False) and variants["upernet"][1] is True
+    assert variants["fcn8s"] == ({}, False)  # no smaller VGG16: the paper's configuration
+    with torch.device("meta"):  # SGD from random weights: 1e-3 without BatchNorm (VGG16), 1e-2 with it
+        assert [bench.sgd_lr(create_model(n, 11)) for n in ("fcn8s", "deeplabv1", "tinyfcn", "segnet")] == [
+            1e-3, 1e-3, 1e-2, 1e-2]  # fmt: skip
+    with pytest.raises(SystemExit, match="not in the comparison roster: fcn32s"):
+        bench.main(["--models", "fcn32s"])
+    rows = bench.main(["--models", "tinyfcn", "--budget", "0.01", "--size", "32", "48", "--json", str(tmp_path / "r")])
+    assert [r["model"] for r in rows] == ["tinyfcn"] and rows[0]["epochs"] == 1 and 0 <= rows[0]["miou"] <= 100
+    assert "| tinyfcn | default |" in capsys.readouterr().out
