@@ -1,4 +1,4 @@
-"""``python -m seglearn {train,evaluate,predict,download,demo}``: the package's jobs from a shell.
+"""``python -m seglearn {train,evaluate,predict,export,download,demo}``: the package's jobs from a shell.
 
 ``train`` also runs data-parallel under ``torchrun --nproc_per_node=N -m seglearn train ...`` (see
 :mod:`seglearn.distributed`). User errors (bad names, sizes, missing files) exit with code 2 and one message line.
@@ -43,10 +43,20 @@ def _model_args(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _dataset_and_root(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``--data PATH`` (your own folder) or ``--dataset NAME [--root DIR]``."""
+    if args.data is None:
+        return args.dataset, args.root
+    if args.dataset != JOB["dataset"] or args.root is not None:
+        raise UsageError("--data PATH is your own dataset folder: give it instead of --dataset/--root, not with them")
+    return "folder", args.data
+
+
 def train_job_from_args(args: argparse.Namespace) -> TrainJob:
     """The :class:`~seglearn.job.TrainJob` a parsed ``train`` command line describes (the one place that reads it)."""
+    dataset, root = _dataset_and_root(args)
     return TrainJob(
-        model=args.model, dataset=args.dataset, root=args.root, num_images=args.num_images,
+        model=args.model, dataset=dataset, root=root, num_images=args.num_images,
         image_size=args.image_size, crop=args.crop, scale=tuple(args.scale), batch_size=args.batch_size,
         workers=args.workers, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
         weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, class_weights=args.class_weights,
@@ -102,50 +112,54 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     info = D.init_distributed(args.device)
     model, meta = _load(args.checkpoint, info.device)
     size = None if args.image_size is None else size_pair(args.image_size, "--image-size")
+    dataset, root = _dataset_and_root(args)
     try:
-        (ds,) = job_datasets(args.dataset, [args.split], root=args.root, num_images=args.num_images, image_size=size)
+        (ds,) = job_datasets(dataset, [args.split], root=root, num_images=args.num_images, image_size=size)
     except (OSError, ValueError, RuntimeError) as err:
         raise UsageError(str(err)) from None
     if ds.num_classes != meta["num_classes"]:
         raise UsageError(
-            f"the checkpoint predicts {meta['num_classes']} classes but {args.dataset} has {ds.num_classes}; "
+            f"the checkpoint predicts {meta['num_classes']} classes but {dataset} has {ds.num_classes}; "
             f"evaluate on the dataset it was trained on ({meta.get('dataset')})"
         )
     loader = make_loader(ds, batch_size=args.batch_size, train=False, workers=args.workers)
     scores = evaluate(model, loader, ds.num_classes, device=info.device)
     if info.is_main:
-        print(f"{meta['model']} on {args.dataset} {args.split} ({len(ds)} images)")
+        print(f"{meta['model']} on {dataset} {args.split} ({len(ds)} images)")
         print(scores.table(list(ds.classes)))
     D.teardown_distributed()
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from PIL import Image
+    from seglearn.inference import predict_files
 
-    from seglearn.data import eval_transforms
-    from seglearn.engine import predict
-    from seglearn.plot import decode_mask
-
+    if not args.scales or min(args.scales) <= 0:
+        raise UsageError(f"--scales takes positive numbers (e.g. 0.75 1 1.25), got {' '.join(map(str, args.scales))}")
     device = D.init_distributed(args.device).device
     model, meta = _load(args.checkpoint, device)
     palette = np.asarray(meta["palette"], dtype=np.uint8)
-    tf = eval_transforms()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in map(Path, args.images):
-        if not path.is_file():
-            raise UsageError(f"image {path} not found")
-        try:
-            image = np.asarray(Image.open(path).convert("RGB"))
-        except OSError as err:
-            raise UsageError(f"cannot read {path} as an image: {err}") from None
-        x = tf(image=image)["image"].unsqueeze(0)
-        probs = predict(model, x.to(device), scales=tuple(args.scales), flip=args.flip)
-        mask = probs.argmax(1)[0].cpu().numpy()
-        target = out / f"{path.stem}_mask.png"
-        Image.fromarray(decode_mask(mask, palette)).save(target)
-        print(f"{path} -> {target}")
+    try:
+        written = predict_files(model, args.images, args.out, palette, scales=args.scales, flip=args.flip)
+    except (OSError, ValueError) as err:  # a missing or unreadable image (16-bit, damaged): named in the message
+        raise UsageError(str(err)) from None
+    for w in written:
+        print(f"{w.source} -> {w.mask} (overlay {w.overlay.name})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from seglearn.export import OPSET, export_onnx
+
+    model, meta = _load(args.checkpoint, torch.device("cpu"))
+    size = size_pair(args.size, "--size")
+    try:
+        path = export_onnx(model, args.onnx, sample_size=size, dynamic_size=not args.fixed_size)
+    except RuntimeError as err:
+        raise UsageError(str(err)) from None
+    shape = f"{size[0]}x{size[1]} only" if args.fixed_size else "any height and width"
+    print(f"wrote {path}: {meta['model']}, opset {OPSET}, input 'image' (N, 3, H, W) ImageNet-normalized float32, "
+          f"{shape}; output 'logits' (N, {meta['num_classes']}, H, W)")  # fmt: skip
     return 0
 
 
@@ -174,6 +188,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _data_args(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
     p.add_argument("--dataset", choices=datasets, default=JOB["dataset"], help="dataset name (default: %(default)s)")
     p.add_argument("--root", default=JOB["root"], help="dataset folder (default: found under SEGLEARN_DATA or data/)")
+    own = "your own data: a folder with images/, masks/ and classes.json (instead of --dataset)"
+    p.add_argument("--data", default=None, metavar="PATH", help=own)
     p.add_argument(
         "--num-images", type=int, default=JOB["num_images"], help="synthetic only: number of training scenes"
     )
@@ -192,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     from seglearn.models import list_models
 
     parser = argparse.ArgumentParser(prog="seglearn", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,download,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,export,download,demo}")
 
     p = sub.add_parser("train", help="train a model; under torchrun, data-parallel")
     p.add_argument("--model", required=True, choices=list_models())
@@ -237,14 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="write a coloured mask PNG per image")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p = sub.add_parser("predict", help="write a coloured mask and an overlay PNG per image")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--checkpoint", required=True, help="model.pt written by train")
     p.add_argument("--out", default="runs/predict", help="folder for the masks (default: runs/predict)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale inference, e.g. 0.75 1 1.25")
     p.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a trained model to ONNX (dynamic batch, height and width)")
+    p.add_argument("checkpoint", metavar="MODEL.pt", help="model.pt written by train (or a last.pt/best.pt)")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--size", type=int, nargs="+", default=[64, 96], metavar="N", help="tracing size H W")
+    fixed = "a graph for --size images only (models with pyramid pooling, e.g. upernet, need it)"
+    p.add_argument("--fixed-size", action="store_true", help=fixed)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("download", help="download a dataset")
     p.add_argument("dataset", choices=[d for d in DATASETS if d != "synthetic"])

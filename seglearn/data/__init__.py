@@ -48,7 +48,7 @@ __all__ = [
     "DownloadError",
 ]
 
-DATASETS = ("camvid", "voc", "synthetic")
+DATASETS = ("camvid", "voc", "synthetic", "folder")  # folder: your own data (SegmentationFolder.from_root)
 
 # Synthetic splits differ by seed so that train, val and test never share an image.
 _SYNTHETIC_SPLITS = {"train": (0, 200), "val": (1, 50), "test": (2, 50)}
@@ -73,6 +73,10 @@ def build_dataset(
         return CamVid(root, split=split, transforms=transforms, download=download, **kw)
     if name == "voc":
         return VOCSegmentation(root, split=split, transforms=transforms, download=download, **kw)
+    if name == "folder":
+        if root is None:
+            raise ValueError("your own data needs its folder: pass --data PATH (root=) holding images/ and masks/")
+        return SegmentationFolder.from_root(root, split=split, transforms=transforms, **kw)
     if name == "synthetic":
         if split not in _SYNTHETIC_SPLITS:
             raise ValueError(f"unknown synthetic split {split!r}: choose one of {', '.join(_SYNTHETIC_SPLITS)}")

@@ -164,6 +164,15 @@ class SegmentationFolder(SegmentationDataset):
         pairs = self._select(pairs, split, val_fraction, seed, split_file, root)
         super().__init__(pairs, transforms=transforms, root=root, preload=preload)
 
+    @classmethod
+    def from_root(cls, root: str | Path, split: str | None = None, **kwargs: Any) -> SegmentationFolder:
+        """The dataset of a folder laid out as ``root/images``, ``root/masks`` and ``root/classes.json``
+        (``python -m seglearn train --data root``); ``split`` "train"/"val" as in the constructor."""
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"data folder {root} not found: pass the folder that holds images/ and masks/")
+        return cls(root / "images", root / "masks", split=split, **kwargs)
+
     def _palette(self, given: Any) -> tuple[np.ndarray, bool]:
         """(C, 3) uint8 palette and whether it was given (only a given one may decode colour masks)."""
         if given is None:
