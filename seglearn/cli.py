@@ -89,7 +89,8 @@ def _load(path: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     except ValueError as err:  # another file, or a checkpoint without a model spec
         raise UsageError(str(err)) from None
     spec = meta["model_spec"]
-    meta = {**meta, "model": spec["model"], "num_classes": int(spec["num_classes"])}
+    dataset = meta.get("dataset") or (meta.get("recipe") or {}).get("dataset")  # fit's checkpoints keep it there
+    meta = {**meta, "model": spec["model"], "num_classes": int(spec["num_classes"]), "dataset": dataset}
     if "classes" not in meta:  # a checkpoint written by fit (a chapter): its dataset's names and colours
         voc = meta.get("dataset") == "voc" or (meta.get("dataset") is None and meta["num_classes"] == len(VOC_CLASSES))
         meta["classes"] = list(VOC_CLASSES if voc else CAMVID_CLASSES)
