@@ -50,6 +50,12 @@ def test_same_outputs_as_torchvision(tv_model: nn.Module) -> None:
     for key in ("out", "aux"):
         assert got[key].shape == (1, 21, 97, 129)
         assert (got[key] - expected[key]).abs().max().item() < 1e-4
+    # the twin records how to rebuild it, so it saves and loads like a model from create_model
+    spec = twin.model_spec
+    rebuilt = create_model(spec["model"], spec["num_classes"], **spec["model_kwargs"]).eval()
+    rebuilt.load_state_dict(twin.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x)["out"], got["out"])
 
 
 def test_parameter_count_equals_torchvisions(tv_model: nn.Module) -> None:

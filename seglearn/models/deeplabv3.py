@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .backbones import RESNET_BACKBONES, ResNetBackbone
 from .blocks import ConvBNReLU, FCNHead, check_batch_norm_batch
-from .registry import Recipe, register_model
+from .registry import Recipe, create_model, register_model
 from .segmentation_model import SegmentationModel
 
 PAPER_RATES_OS16 = (6, 12, 18)  # arXiv:1706.05587 §3.3; doubled at output stride 8
@@ -187,14 +187,15 @@ def from_torchvision_deeplabv3(tv_model: nn.Module) -> DeepLabV3:
     aspp = tv_model.classifier[0]
     rates = [branch[0].dilation[0] for branch in aspp.convs[1:-1]]
     num_classes = tv_model.classifier[-1].out_channels
-    model = deeplabv3(
+    model = create_model(  # through create_model, so the twin carries a model_spec
+        "deeplabv3",
         num_classes,
         backbone=depth,
         aux_loss=tv_model.aux_classifier is not None,
         output_stride=output_stride,
         multi_grid=None,
-        atrous_rates=rates,
-        dropout=aspp.project[-1].p,
+        atrous_rates=tuple(rates),
+        dropout=float(aspp.project[-1].p),
     )
     model.load_state_dict(_rename_torchvision_keys(tv_model.state_dict()))
     return model.train(tv_model.training)

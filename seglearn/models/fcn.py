@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .backbones import RESNET_BACKBONES, ResNetBackbone, VGGBackbone
 from .blocks import FCNHead, LastFeature
-from .registry import Recipe, register_model
+from .registry import Recipe, create_model, register_model
 from .segmentation_model import SegmentationModel
 
 # Crop offsets of the Caffe reference nets (github.com/shelhamer/fcn.berkeleyvision.org, net.py of each model).
@@ -233,7 +233,8 @@ def from_torchvision_fcn(tv_model: nn.Module) -> SegmentationModel:
     if depth is None or not hasattr(tv_backbone.layer1[0], "conv3"):
         raise TypeError("from_torchvision_fcn expects torchvision's fcn_resnet50 or fcn_resnet101")
     num_classes = tv_model.classifier[-1].out_channels
-    model = fcn(num_classes, backbone=depth, aux_loss=tv_model.aux_classifier is not None)
+    # through create_model, so the twin carries a model_spec and saves/loads like any seglearn model
+    model = create_model("fcn", num_classes, backbone=depth, aux_loss=tv_model.aux_classifier is not None)
     stem = {"conv1": "stem.0", "bn1": "stem.1"}
     state = {}
     for key, value in tv_backbone.state_dict().items():
