@@ -90,8 +90,13 @@ class DenseCRF:
                 raise ValueError(f"{name} must be >= 0 (a kernel weight), got {getattr(self, name)!r}")
 
     def __call__(self, image: Any, probs: Any) -> np.ndarray:
-        import pydensecrf.densecrf as dcrf
-        from pydensecrf.utils import unary_from_softmax
+        try:
+            import pydensecrf.densecrf as dcrf
+            from pydensecrf.utils import unary_from_softmax
+        except ImportError:
+            raise ImportError(
+                "the dense CRF needs pydensecrf: pip install 'seglearn[crf]' (or pip install pydensecrf2)"
+            ) from None
 
         image, probs = check_inputs(image, probs)
         c, h, w = probs.shape

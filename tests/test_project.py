@@ -38,9 +38,15 @@ def test_readme_main_command_runs_the_demo():
 
 def test_environment_yml_and_pyproject_name_the_same_packages():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
     wanted = {_name(r) for r in pyproject["project"]["dependencies"]}
     for group in pyproject["dependency-groups"].values():
-        wanted |= {_name(r) for r in group}
+        for req in group:
+            if _name(req) == "seglearn":  # the groups install the package's own extras: "seglearn[crf,export]"
+                for extra in re.search(r"\[(.*)\]", req).group(1).split(","):
+                    wanted |= {_name(r) for r in extras[extra.strip()]}
+            else:
+                wanted.add(_name(req))
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     named = {_name(r) for r in pip_section if not r.startswith("-e")}
@@ -48,6 +54,14 @@ def test_environment_yml_and_pyproject_name_the_same_packages():
     env_text = (REPO / "environment.yml").read_text()
     assert "pip install --no-deps d2l==1.0.3" in env_text
     assert named | {"d2l"} == wanted
+
+
+def test_optional_parts_are_extras_not_requirements():
+    """A library user gets torch and the datasets, not Jupyter, the CRF or ONNX: those are extras."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = {_name(r) for r in project["dependencies"]}
+    assert not core & {"jupyterlab", "ipykernel", "pydensecrf2", "onnx", "onnxruntime", "d2l"}
+    assert {"crf", "export", "notebooks"} <= set(project["optional-dependencies"])
 
 
 def test_lock_file_is_committed_and_current():
