@@ -23,12 +23,7 @@ from .checkpoint import Checkpointer, TrainingState
 from .history import History
 from .memory import peak_memory_mib, reset_peak_memory
 from .metrics import ConfusionMatrix, SegScores
-from .models import logits_of
-
-try:
-    from .models import resize_to
-except ImportError:  # TEMPORARY until seglearn.models exports resize_to (H1, issue 13)
-    from .models.shell import resize_to
+from .models import logits_of, resize_to
 from .progress import LivePlot, in_notebook, progress_bar
 from .schedules import PolyLR, build_optimizer
 from .seeding import seed_everything, use_worker_seeding
