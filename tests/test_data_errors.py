@@ -41,6 +41,14 @@ def test_camvid_mask_values_out_of_range(tmp_path: Path, bad: int) -> None:
         CamVid(root)[0]
 
 
+def test_jpeg_encoded_mask_named_png_is_refused(tmp_path: Path) -> None:
+    """JPEG changes labels along every edge (1.5 % of a real mask's pixels): refused whatever the file is called."""
+    root = _camvid(tmp_path / "camvid")
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(root / "trainannot" / "f0.png", format="JPEG")
+    with pytest.raises(ValueError, match=r"trainannot/f0\.png is stored as JPEG, a lossy format.*save masks as PNG"):
+        CamVid(root)[0]
+
+
 def test_voc_mask_with_stray_values(tmp_path: Path) -> None:
     voc = tmp_path / "VOCdevkit" / "VOC2012"
     for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):

@@ -165,6 +165,10 @@ def _jpeg_mask(root):
     Image.fromarray(np.zeros((12, 16), np.uint8)).save(root / "masks" / "0000.jpg")
 
 
+def _jpeg_named_png(root):
+    Image.fromarray(np.zeros((12, 16), np.uint8)).save(root / "masks" / "0002.png", format="JPEG")
+
+
 def _unmatched(root):
     (root / "masks" / "0002.png").unlink()
     Image.fromarray(np.zeros((12, 16), np.uint8)).save(root / "masks" / "extra.png")
@@ -243,6 +247,7 @@ def _missing_listed(root):
 BAD = [
     # (case, how to break the folder, what the message must say besides the file, which file it must name)
     ("jpeg mask", _jpeg_mask, "save masks as PNG", "0000.jpg"),
+    ("JPEG-encoded mask named .png", _jpeg_named_png, "save masks as PNG", "0002.png"),
     ("unmatched stems", _unmatched, "paired by file name", "'0002'"),
     ("suffixed masks", _suffixed, "mask_suffix='_mask'", "masks"),
     ("stray mask value", _stray_value, "7 (6 pixels)", "0001.png"),

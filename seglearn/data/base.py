@@ -75,12 +75,25 @@ def read_mask(path: str | Path) -> np.ndarray:
 
         return np.asarray(loadmat(path)["GTcls"][0]["Segmentation"][0], dtype=np.uint8)
     with _named_decode_errors(path, "mask"), Image.open(path) as im:
+        check_lossless(im, path)
         if im.mode not in ("L", "P") or _is_16bit(im):
             raise ValueError(
                 f"mask {path} has mode {im.mode!r}: a label mask must be a single-channel 8-bit PNG of class indices "
                 "(mode 'L' or 'P'); if it is a colour-coded label image, map its colours to class indices first"
             )
         return np.array(im, dtype=np.uint8)
+
+
+LOSSY_FORMATS = ("JPEG", "MPO", "WEBP", "JPEG2000")  # may be lossy: labels along every edge change
+
+
+def check_lossless(im: Image.Image, path: Path) -> None:
+    """Refuse a mask stored in a lossy format, whatever its file name says (a JPEG saved as ``.png`` included)."""
+    if im.format in LOSSY_FORMATS:
+        raise ValueError(
+            f"mask {path} is stored as {im.format}, a lossy format: compression changes the labels along every edge "
+            "(a JPEG-encoded mask named .png included); save masks as PNG"
+        )
 
 
 def apply_transforms(transforms: Callable[..., Any] | None, image: np.ndarray, mask: np.ndarray) -> tuple[Any, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import IMAGE_EXTENSIONS, SegmentationDataset, _is_16bit, _named_decode_errors
+from .base import IMAGE_EXTENSIONS, SegmentationDataset, _is_16bit, _named_decode_errors, check_lossless
 from .voc import voc_palette
 
 __all__ = ["SegmentationFolder", "CLASSES_FILE"]
@@ -255,6 +255,7 @@ class SegmentationFolder(SegmentationDataset):
         """(H, W) uint8 of a mask file and whether they are labels already: an index/palette PNG's raw values (for
         the label map), or an RGB mask's labels through the palette."""
         with _named_decode_errors(path, "mask"), Image.open(path) as im:
+            check_lossless(im, path)
             if _is_16bit(im) or im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                 raise ValueError(f"mask {path} is a 16-bit or float image (mode {im.mode!r}): save it as an 8-bit "
                                  "PNG of class indices (mode 'L')")  # fmt: skip
