@@ -263,3 +263,15 @@ def test_fcn_resnet_odd_size_forward_backward():
     (out["out"].mean() + 0.4 * out["aux"].mean()).backward()
     assert model.backbone.stem[0].weight.grad.abs().sum() > 0
     assert model.aux_head[0].weight.grad.abs().sum() > 0
+
+
+def test_state_dict_of_the_former_standalone_fcn_vgg_loads():
+    """Model files from before FCN-VGG was a SegmentationModel (fc, score_*, upscore* at the top) load unchanged."""
+    with torch.device("meta"):
+        model = create_model("fcn16s", 3)
+        fresh = create_model("fcn16s", 3)
+    old = {k.removeprefix("head."): v for k, v in model.state_dict(keep_vars=True).items()}
+    assert {"fc.0.weight", "score_fr.bias", "score_pool4.weight", "upscore2.weight"} <= set(old)
+    fresh.load_state_dict(old, assign=True)
+    new, ref = fresh.state_dict(keep_vars=True), model.state_dict(keep_vars=True)
+    assert new.keys() == ref.keys() and all(new[k] is ref[k] for k in ref)  # every tensor landed where it belongs

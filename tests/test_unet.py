@@ -132,3 +132,17 @@ def test_unet_errors():
         create_model("unet", 2, backbone="resnet18")
     with pytest.raises(ValueError, match="depth"):
         create_model("unet", 2, depth=0)
+
+
+def test_state_dict_of_the_former_standalone_unet_loads():
+    """Model files from before U-Net was a SegmentationModel (keys inc/down/up/classifier) load unchanged."""
+    torch.manual_seed(0)
+    model = create_model("unet", 3, depth=2, base_channels=4).eval()
+    old = {k.split(".", 1)[1]: v for k, v in model.state_dict().items()}  # backbone.inc.0.weight -> inc.0.weight
+    assert {k.split(".")[0] for k in old} == {"inc", "down", "up", "classifier"}
+    fresh = create_model("unet", 3, depth=2, base_channels=4).eval()
+    fresh.load_state_dict(old)
+    x = torch.randn(1, 3, 20, 24)
+    with torch.no_grad():
+        assert torch.equal(fresh(x)["out"], model(x)["out"])
+    fresh.load_state_dict(model.state_dict())  # the new layout loads too

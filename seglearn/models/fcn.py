@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .backbones import RESNET_BACKBONES, ResNetBackbone, VGGBackbone
 from .blocks import FCNHead, LastFeature
 from .registry import Recipe, create_model, register_model
-from .segmentation_model import SegmentationModel
+from .segmentation_model import SegmentationModel, accept_legacy_keys
 
 # Crop offsets of the Caffe reference nets (github.com/shelhamer/fcn.berkeleyvision.org, net.py of each model).
 OFFSETS = {"pool4": 5, "pool3": 9, 32: 19, 16: 27, 8: 31}
@@ -142,9 +142,13 @@ def vgg_fcn(
     backbone = caffe_vgg(VGGBackbone("vgg16", pretrained=pretrained_backbone, keep_classifier=True))
     head = FCNVGGHead(num_classes, stride, backbone.classifier, at_once=at_once)
     backbone.classifier = None  # fc6/fc7 now live in the head; fc8 (1000 ImageNet classes) is replaced by score_fr
-    return SegmentationModel(backbone, head, crop_offset=OFFSETS[stride])
+    model = SegmentationModel(backbone, head, crop_offset=OFFSETS[stride])
+    # model files written when FCN-VGG was a module of its own (fc, score_*, upscore* beside backbone) still load
+    old = ("fc", "score_fr", "score_pool4", "score_pool3", "upscore2", "upscore_pool4", "upscore")
+    return accept_legacy_keys(model, {name: f"head.{name}" for name in old})
 
 
+# The paper's nets take only VGG16: backbone="vgg16" may be spelled out; create_model refuses any other.
 _VGG_FCN = dict(paper=FCN_PAPER, url=FCN_URL, chapter="01_fcn", pretrained_backbone=True, backbones=("vgg16",))
 
 

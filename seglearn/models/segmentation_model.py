@@ -81,6 +81,23 @@ class SegmentationModel(nn.Module):
         return resize_to(logits, padded)[..., : size[0], : size[1]]
 
 
+def accept_legacy_keys(model: nn.Module, renames: dict[str, str]) -> nn.Module:
+    """Let ``model.load_state_dict`` read files written before the model was a :class:`SegmentationModel`.
+
+    ``renames`` maps an old top-level child name to its new path (``{"inc": "backbone.inc"}``); keys already in the
+    new layout are left alone, so both layouts load.
+    """
+
+    def rename(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            first, _, rest = key[len(prefix) :].partition(".")
+            if first in renames:
+                state_dict[f"{prefix}{renames[first]}.{rest}"] = state_dict.pop(key)
+
+    model.register_load_state_dict_pre_hook(rename)
+    return model
+
+
 def logits_of(output: Tensor | dict[str, Tensor]) -> Tensor:
     """The main logits of a model output (a dict with ``"out"`` or a bare tensor)."""
     return output["out"] if isinstance(output, dict) else output

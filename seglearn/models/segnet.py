@@ -110,7 +110,10 @@ SEGNET_URL = "https://arxiv.org/abs/1511.00561"
     compare=True,
 )
 def segnet(num_classes: int, *, backbone: str = "vgg16_bn", pretrained_backbone: bool = False) -> SegNet:
-    """SegNet: the VGG16-BN encoder (ImageNet weights with ``pretrained_backbone``) and its mirrored decoder."""
+    """SegNet: the VGG16-BN encoder (ImageNet weights with ``pretrained_backbone``) and its mirrored decoder.
+
+    ``backbone`` can only be ``"vgg16_bn"`` (create_model refuses others): it is taken so the name can be spelled out.
+    """
     return SegNet(num_classes, pretrained_backbone=pretrained_backbone)
 
 

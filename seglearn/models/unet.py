@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .blocks import ConvBNReLU
 from .registry import Recipe, register_model
-from .segmentation_model import SegmentationModel
+from .segmentation_model import SegmentationModel, accept_legacy_keys
 
 UP_MODES = ("transpose", "bilinear")
 
@@ -121,4 +121,7 @@ def unet(
     """
     encoder = UNetEncoder(in_channels, depth, base_channels)
     decoder = UNetDecoder(encoder.channels, num_classes, up_mode)
-    return SegmentationModel(encoder, decoder, size_divisor=2**depth)
+    model = SegmentationModel(encoder, decoder, size_divisor=2**depth)
+    # model files written when U-Net was a module of its own (inc, down, up, classifier) still load
+    renames = {"inc": "backbone.inc", "down": "backbone.down", "up": "head.up", "classifier": "head.classifier"}
+    return accept_legacy_keys(model, renames)
