@@ -151,3 +151,20 @@ def test_weights_of_another_shape_are_named(tmp_path):
     save_model(tmp_path / "model.pt", _tiny(), model_spec={**SPEC, "model_kwargs": {"width": 16}})
     with pytest.raises(ValueError, match=r"shape mismatches: .*\(8, 3, 3, 3\) in the checkpoint vs \(16, 3, 3, 3\)"):
         load_model(tmp_path / "model.pt")
+
+
+def test_legacy_files_from_before_backbone_and_head_load(tmp_path):
+    torch.manual_seed(0)
+    unet = create_model("unet", 3, base_channels=8).eval()
+    old_names = {k.removeprefix("backbone.").removeprefix("head."): v for k, v in unet.state_dict().items()}
+    assert any(k.startswith("inc.") for k in old_names) and any(k.startswith("up") for k in old_names)
+    torch.save({"model": "unet", "num_classes": 3, "model_kwargs": {"base_channels": 8}, "state_dict": old_names},
+               tmp_path / "unet.pt")  # fmt: skip
+    _same_outputs(load_model(tmp_path / "unet.pt"), unet)
+    torch.manual_seed(0)
+    basic = create_model("segnet_basic", 3).eval()
+    torch.save({"model": "segnet", "num_classes": 3, "model_kwargs": {"variant": "basic"},
+                "state_dict": basic.state_dict()}, tmp_path / "segnet.pt")  # fmt: skip
+    loaded, meta = load_model(tmp_path / "segnet.pt", return_meta=True)
+    assert meta["model_spec"] == {"model": "segnet_basic", "num_classes": 3, "model_kwargs": {}}
+    _same_outputs(loaded, basic)
