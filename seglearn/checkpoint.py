@@ -25,6 +25,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "check_state_dict",
+    "renamed_state_dict",
     "check_recipe",
     "check_plain",
     "TrainingState",
@@ -101,6 +102,20 @@ def check_recipe(saved: dict[str, Any] | None, given: dict[str, Any], *, folder:
         )
 
 
+def renamed_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` under ``model``'s key names when only the names moved: before U-Net and FCN-VGG were backbone +
+    head, their tensors had the same order and shapes, without the ``backbone.``/``head.`` prefixes."""
+    expected = _unwrap(model).state_dict()
+    if state.keys() == expected.keys() or len(state) != len(expected):
+        return state
+    pairs = list(zip(state.items(), expected.items(), strict=True))
+    if all(
+        (new == old or new.endswith("." + old)) and tuple(v.shape) == tuple(e.shape) for (old, v), (new, e) in pairs
+    ):
+        return {new: v for (_, v), (new, _) in pairs}
+    return state
+
+
 def check_state_dict(
     state_dict: dict[str, torch.Tensor], model: nn.Module, *, source: str = "checkpoint", saved_spec: Any = None
 ) -> None:
@@ -161,9 +176,10 @@ def load_checkpoint(
             f"checkpoint came from, or delete {path.parent} (or pick another checkpoint_dir) to train from scratch"
         )
     if model is not None:
+        weights = renamed_state_dict(state["model"], model)
         # model_config: what checkpoints written before model_spec held instead
-        check_state_dict(state["model"], model, source=str(path), saved_spec=saved_spec or state.get("model_config"))
-        _unwrap(model).load_state_dict(state["model"])
+        check_state_dict(weights, model, source=str(path), saved_spec=saved_spec or state.get("model_config"))
+        _unwrap(model).load_state_dict(weights)
     for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
         if obj is not None and state.get(key) is not None:
             obj.load_state_dict(state[key])

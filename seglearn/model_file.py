@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import check_plain, check_state_dict, save_checkpoint
+from .checkpoint import check_plain, check_state_dict, renamed_state_dict, save_checkpoint
 
 __all__ = ["save_model", "load_model", "FORMAT", "VERSION"]
 
@@ -65,20 +65,6 @@ def _spec_from(name: Any, num_classes: Any, model_kwargs: Any) -> dict[str, Any]
     if name == "segnet" and kwargs.get("variant") in ("basic", "full"):  # segnet(variant=) became two names
         name = "segnet_basic" if kwargs.pop("variant") == "basic" else name
     return {"model": name, "num_classes": num_classes, "model_kwargs": kwargs}
-
-
-def _renamed(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """``state`` under ``model``'s key names when only the names moved: before U-Net and FCN-VGG were backbone +
-    head, their tensors had the same order and shapes, without the ``backbone.``/``head.`` prefixes."""
-    expected = model.state_dict()
-    if state.keys() == expected.keys() or len(state) != len(expected):
-        return state
-    pairs = list(zip(state.items(), expected.items(), strict=True))
-    if all(
-        (new == old or new.endswith("." + old)) and tuple(v.shape) == tuple(e.shape) for (old, v), (new, e) in pairs
-    ):
-        return {new: v for (_, v), (new, _) in pairs}
-    return state
 
 
 def _no_spec(path: Path) -> ValueError:
@@ -135,7 +121,7 @@ def load_model(
         raise ValueError(f"{_NOT_A_MODEL_FILE.format(path=path)} ({type(err).__name__}: {err})") from err
     spec, meta, state = _read(path, ckpt)
     model = create_model(spec["model"], int(spec["num_classes"]), **dict(spec.get("model_kwargs") or {}))
-    state = _renamed(state, model)
+    state = renamed_state_dict(state, model)
     check_state_dict(state, model, source=str(path), saved_spec=spec)
     model.load_state_dict(state)
     model = model.to(device).eval()

@@ -169,3 +169,14 @@ def test_checkpointer_writes_last_and_best_and_restores_the_state(fitted, tmp_pa
         assert not Checkpointer(tmp_path / "none").restore(state)
     with pytest.raises(ValueError, match="model_spec .* is not plain data"):
         TrainingState(net, opt, sched, None, None, model_spec={"model": nn.Conv2d})
+
+
+def test_a_checkpoint_from_before_backbone_and_head_still_loads(tmp_path):
+    torch.manual_seed(0)
+    unet = create_model("unet", 2, base_channels=8)
+    old_names = {k.removeprefix("backbone.").removeprefix("head."): v for k, v in unet.state_dict().items()}
+    save_checkpoint({"epoch": 3, "model": old_names}, tmp_path / "last.pt")
+    fresh = create_model("unet", 2, base_channels=8)
+    assert load_checkpoint(tmp_path / "last.pt", fresh)["epoch"] == 3
+    for (k, a), b in zip(fresh.state_dict().items(), unet.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
