@@ -191,7 +191,8 @@ class TrainingState:
     """Everything a run needs to continue exactly after ``epoch`` completed epochs.
 
     ``loader`` is the train loader: its torch generators and its dataset's random transforms are part of the state.
-    ``model_spec`` says what to rebuild (``create_model(**spec)``), ``recipe`` what must not change on resume.
+    ``model_spec`` says what to rebuild (``{"model", "num_classes", "model_kwargs"}`` for ``create_model``),
+    ``recipe`` what must not change on resume.
     """
 
     model: nn.Module
