@@ -33,6 +33,12 @@ __all__ = [
 ]
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` with ``torch.save`` to a temporary file beside ``path``, then ``os.replace`` it into place.
 
@@ -46,6 +52,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); a saved file is as torch.save's would be
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -23,6 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # from conftest
 def test_save_is_atomic_and_leaves_no_temp_file(tmp_path, monkeypatch):
     path = save_checkpoint({"epoch": 1, "w": torch.ones(3)}, tmp_path / "sub" / "last.pt")
     assert path == tmp_path / "sub" / "last.pt"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as torch.save would leave it, not mkstemp's 0600
 
     def broken_save(obj, f):
         f.write(b"half a checkpoint")
