@@ -174,3 +174,18 @@ def test_segnet_errors():
         create_model("segnet_basic", 11, pretrained_backbone=True)
     with pytest.raises(ValueError, match="fixed encoder"):
         create_model("segnet_basic", 11, backbone="vgg16_bn")
+
+
+def test_scatter_unpooling_equals_torchs_max_unpool():
+    from seglearn.models.segnet import max_unpool2x2
+
+    x = torch.randn(2, 3, 6, 10, requires_grad=True)
+    pooled, idx = F.max_pool2d(x, 2, 2, return_indices=True)
+    ref_in = pooled.detach().clone().requires_grad_(True)
+    ours_in = pooled.detach().clone().requires_grad_(True)
+    ref, ours = F.max_unpool2d(ref_in, idx, 2, 2), max_unpool2x2(ours_in, idx)
+    assert torch.equal(ours, ref)
+    weights = torch.randn_like(ref)
+    (ref * weights).sum().backward()
+    (ours * weights).sum().backward()
+    assert torch.equal(ours_in.grad, ref_in.grad)

@@ -17,14 +17,14 @@ def pad_to_multiple(x: Tensor, divisor: int, value: float = 0.0) -> Tensor:
         return x
     h, w = x.shape[-2:]
     ph, pw = (-h) % divisor, (-w) % divisor
-    if ph == 0 and pw == 0:
+    if ph == 0 and pw == 0 and not torch.jit.is_tracing():  # a traced graph (ONNX) must pad at every size
         return x
     return F.pad(x, (0, pw, 0, ph), value=value)
 
 
 def resize_to(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     """Bilinear resize of (N, C, h, w) to ``size`` (align_corners=False, as torchvision's heads); a no-op at size."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    if tuple(x.shape[-2:]) == tuple(size) and not torch.jit.is_tracing():  # traced (ONNX): resize at every size
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 

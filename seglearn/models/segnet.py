@@ -11,6 +11,18 @@ from .registry import Recipe, register_model
 from .segmentation_model import pad_to_multiple
 
 
+def max_unpool2x2(x: Tensor, indices: Tensor) -> Tensor:
+    """``F.max_unpool2d(x, indices, 2, 2)``: each value back at the position its 2x2 maximum came from, zeros
+    elsewhere. (N, C, h, w) -> (N, C, 2h, 2w).
+
+    Written as a scatter into the flattened (2h * 2w) plane, where ``max_pool2d`` indices point: the same values and
+    gradients, and ONNX export can trace it (torch's own unpooling checks its output size with Python bools).
+    """
+    n, c, h, w = x.shape
+    out = x.new_zeros(n, c, 4 * h * w)
+    return out.scatter(2, indices.flatten(2), x.flatten(2)).view(n, c, 2 * h, 2 * w)
+
+
 def encode_decode(encoder: nn.ModuleList, decoder: nn.ModuleList, x: Tensor) -> Tensor:
     """Run encoder stages, each followed by a 2x2 max-pool that keeps its argmax indices, then decoder stages, each
     preceded by a max-unpool with the mirrored encoder's indices: values return to where their maxima came from.
@@ -20,7 +32,7 @@ def encode_decode(encoder: nn.ModuleList, decoder: nn.ModuleList, x: Tensor) -> 
         x, idx = F.max_pool2d(stage(x), 2, 2, return_indices=True)
         indices.append(idx)
     for stage, idx in zip(decoder, reversed(indices), strict=True):
-        x = stage(F.max_unpool2d(x, idx, 2, 2))
+        x = stage(max_unpool2x2(x, idx))
     return x
 
 
