@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from . import distributed as D
 from .checkpoint import Checkpointer, TrainingState
@@ -312,7 +313,7 @@ def _show_epoch(bar: Any, plot: LivePlot | None, history: History) -> None:
 
 
 def fit(
-    model: nn.Module, train_loader: Any, val_loader: Iterable | None = None, *, epochs: int, lr: float,
+    model: nn.Module, train_loader: DataLoader, val_loader: Iterable | None = None, *, epochs: int, lr: float,
     optimizer: str | torch.optim.Optimizer | None = None, loss: Callable[[Any, Tensor], Tensor] | None = None,
     device: str | torch.device | None = None, seed: int | None = None, num_classes: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, time_budget_s: float | None = None,
