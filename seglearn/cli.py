@@ -267,7 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="MODEL.pt", help="model.pt written by train (or a last.pt/best.pt)")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
     p.add_argument("--size", type=int, nargs="+", default=[64, 96], metavar="N", help="tracing size H W")
-    fixed = "a graph for --size images only (models with pyramid pooling, e.g. upernet, need it)"
+    fixed = (
+        "a graph for --size images only: pyramid pooling (upernet) needs it, with a size whose stride-32 map the "
+        "bins divide (e.g. 192 192 for bins 1 2 3 6)"
+    )
     p.add_argument("--fixed-size", action="store_true", help=fixed)
     p.set_defaults(func=cmd_export)
 

@@ -45,7 +45,8 @@ def export_onnx(
 ) -> Path:
     """Write ``model`` (in eval mode, on the CPU) as ONNX to ``path``, atomically; the batch size is dynamic, and so
     are height and width unless ``dynamic_size=False`` (the graph then takes ``sample_size`` images only: needed for
-    adaptive pooling to bins other than 1, as in PSPNet/UPerNet's pyramid pooling, which ONNX cannot size at run time).
+    adaptive pooling to bins other than 1, as in UPerNet's pyramid pooling, which ONNX cannot size at run time; the
+    bins must divide the pooled map, e.g. 192x192 for bins 1, 2, 3, 6 at stride 32).
 
     Returns the path. Raises RuntimeError naming the model when the exporter cannot trace it.
     """
