@@ -210,10 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="seglearn", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,export,download,demo}")
+    _train_parser(sub.add_parser("train", help="train a model; under torchrun, data-parallel"), list_models(), DATASETS)
+    _other_parsers(sub, DATASETS)
+    return parser
 
-    p = sub.add_parser("train", help="train a model; under torchrun, data-parallel")
-    p.add_argument("--model", required=True, choices=list_models())
-    _data_args(p, DATASETS)
+
+def _train_parser(p: argparse.ArgumentParser, models: Sequence[str], datasets: Sequence[str]) -> None:
+    p.add_argument("--model", required=True, choices=models)
+    _data_args(p, datasets)
     p.add_argument("--epochs", type=int, default=JOB["epochs"])
     p.add_argument(
         "--crop", type=int, nargs="+", default=JOB["crop"], metavar="N", help="training crop: H W or one int"
@@ -248,9 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=JOB["seed"])
     p.set_defaults(func=cmd_train)
 
+
+def _other_parsers(sub: Any, datasets: Sequence[str]) -> None:
     p = sub.add_parser("evaluate", help="score a trained model and print the per-class table")
     p.add_argument("--checkpoint", required=True, help="model.pt written by train")
-    _data_args(p, DATASETS)
+    _data_args(p, datasets)
     p.add_argument("--split", default="val")
     p.set_defaults(func=cmd_evaluate)
 
@@ -275,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("download", help="download a dataset")
-    p.add_argument("dataset", choices=[d for d in DATASETS if d != "synthetic"])
+    p.add_argument("dataset", choices=[d for d in datasets if d not in ("synthetic", "folder")])
     p.add_argument("--root", default=None, help="where to put it (default: SEGLEARN_DATA or data/)")
     p.set_defaults(func=cmd_download)
 
@@ -287,7 +293,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_demo)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

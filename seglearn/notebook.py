@@ -259,7 +259,7 @@ class NotebookConfig:
                                          transforms=data.eval_transforms())  # fmt: skip
             source = "synthetic"
         else:
-            # FULL: the real thing; downloading is allowed here (a GPU session), never in QUICK/CI.
+            # FULL: the real thing, downloaded when missing (QUICK never downloads).
             root = self.camvid_root or data.download_camvid()
             # decoded once into RAM (~254 MB train, 70 MB val): 50-80 epochs would otherwise decode every PNG each epoch
             train_ref = data.CamVid(root, "train", transforms=data.train_transforms(crop_hw), preload=True)
