@@ -105,7 +105,7 @@ def check_recipe(saved: dict[str, Any] | None, given: dict[str, Any], *, folder:
     if changed:
         raise ValueError(
             f"{folder} holds a run of another recipe ({'; '.join(changed)}): pass the same recipe to continue that "
-            f"run, or delete {folder} (or pick another checkpoint_dir) to train this recipe from scratch"
+            f"run, or delete the folder {folder} (or pick another checkpoint_dir) to train this recipe from scratch"
         )
 
 

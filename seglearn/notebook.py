@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import seglearn
+from seglearn.checkpoint import check_plain, check_recipe
 from seglearn.seeding import seed_everything
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ CAMVID_SIZE = (360, 480)
 QUICK_SIZE = (120, 160)
 # FULL runs checkpoint here, relative to the notebook's folder (notebooks/runs/ is git-ignored).
 CHECKPOINTS = Path("runs") / "checkpoints"
-_PLAIN = (str, int, float, bool, type(None))
 # What fit adds to a checkpoint's recipe by itself: a saved value for one of these is compared only when the chapter
 # names the key too.
 _FIT_RECIPE_KEYS = frozenset({"lr", "optimizer", "weight_decay", "momentum", "poly_power", "warmup_iters"})
@@ -171,11 +171,7 @@ class NotebookConfig:
         if "run" in recipe:
             raise ValueError(f"'run' is the checkpoint's name ({name!r}); drop it from the recipe")
         for key, value in recipe.items():
-            if not _is_plain(value):
-                raise ValueError(
-                    f"recipe value {key}={value!r} is not a plain value (str, number, bool, None, or a list, tuple or "
-                    "dict of them): checkpoints are read with weights_only=True; pass e.g. a name or str(value)"
-                )
+            check_plain(value, f"recipe value {key}=")
         if self.quick:
             return {}
         folder = CHECKPOINTS / name
@@ -192,12 +188,7 @@ class NotebookConfig:
                     f"{folder} to train {name} from scratch"
                 ) from err
             saved = {k: v for k, v in saved.items() if k in config or k not in _FIT_RECIPE_KEYS}
-            changed = _differences(saved, config)
-            if changed:
-                raise ValueError(
-                    f"{folder} holds a run of another recipe ({changed}); delete the folder {folder} to train this "
-                    "recipe from scratch, or change the recipe back to continue that run"
-                )
+            check_recipe(saved, config, folder=folder)
             total = recipe.get("epochs")
             of = f"epoch {epoch} of {total}" if total is not None else f"epoch {epoch}"
             print(f"resuming {name} from {last} ({of}); delete that folder to train from scratch")
@@ -282,34 +273,6 @@ class NotebookConfig:
             dataset=train_ref,
         )
         return train_loader, val_loader, info
-
-
-def _is_plain(value: Any) -> bool:
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
-    return isinstance(value, _PLAIN)
-
-
-def _plain_lists(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_plain_lists(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain_lists(v) for k, v in value.items()}
-    return value
-
-
-def _differences(saved: dict[str, Any], given: dict[str, Any]) -> str:
-    """'epochs: 50 there, 60 here; lr: ...' for the keys whose values differ ('' when none do)."""
-    unset = object()
-    parts = []
-    for key in {**saved, **given}:
-        there, here = saved.get(key, unset), given.get(key, unset)
-        if _plain_lists(there) != _plain_lists(here):  # a tuple stored from JSON or Recipe.as_dict reads as a list
-            parts.append(f"{key}: {'unset' if there is unset else repr(there)} there, "
-                         f"{'unset' if here is unset else repr(here)} here")  # fmt: skip
-    return "; ".join(parts)
 
 
 def setup_notebook(seed: int = 0, device: str | torch.device | None = None, quiet: bool = False) -> NotebookConfig:

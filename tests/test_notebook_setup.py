@@ -221,7 +221,7 @@ def test_quick_runs_take_no_checkpoints(monkeypatch, no_camvid, tmp_path, capsys
     cfg = setup_notebook(quiet=True)
     assert cfg.checkpoints("05_deeplabv3", **RECIPE) == {}
     assert capsys.readouterr().out == "" and not (tmp_path / "runs").exists()
-    with pytest.raises(ValueError, match="not a plain value"):  # caught in QUICK, before a FULL run writes it
+    with pytest.raises(ValueError, match="is not plain data"):  # caught in QUICK, before a FULL run writes it
         cfg.checkpoints("05_deeplabv3", root=Path("data"))
 
 

@@ -165,7 +165,7 @@ def test_resume_with_another_recipe_names_the_keys_and_the_folder(scenes, tmp_pa
                                "poly_power": 0.9, "warmup_iters": 0, "run": "a", "crop": (32, 48)}  # fmt: skip
     loader = DataLoader(train, batch_size=2)
     same = create_model("tinyfcn", train.num_classes, width=8)
-    with pytest.raises(ValueError, match=rf"{tmp_path}.*run: 'a' there, 'b' here.*delete {tmp_path}"):
+    with pytest.raises(ValueError, match=rf"{tmp_path}.*run: 'a' there, 'b' here.*delete the folder {tmp_path}"):
         fit(same, loader, epochs=2, lr=0.05, checkpoint_dir=tmp_path, resume=True, progress=False,
             recipe={"run": "b", "crop": [32, 48]})  # fmt: skip
     with pytest.raises(ValueError, match=r"lr: 0.05 there, 0.1 here; optimizer: 'sgd' there, 'adamw' here"):
