@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -100,36 +101,27 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists, numbers and tensors only, so ``torch.load(..., weights_only=True)`` reads it back."""
-        return {
-            "train_loss": [float(x) for x in self.train_loss],
-            "val": [_scores_to_dict(s) for s in self.val],
-            "val_epochs": [int(e) for e in self.val_epochs],
-            "lr": [float(x) for x in self.lr],
-            "epoch_time": [float(x) for x in self.epoch_time],
-            "train_time": [float(x) for x in self.train_time],
-            "train_images": [int(x) for x in self.train_images],
-            "peak_memory_mib": float(self.peak_memory_mib),
-            "memory_kind": self.memory_kind,
-            "best_miou": float(self.best_miou),
-            "best_epoch": int(self.best_epoch),
-            "stopped_early": bool(self.stopped_early),
-        }
+        return self._plain(_scores_to_dict)
 
     def as_json(self) -> dict[str, Any]:
         """Plain Python lists and numbers for ``json.dumps`` (scores via :meth:`SegScores.as_dict`; NaN stays NaN)."""
+        return self._plain(SegScores.as_dict)
+
+    def _plain(self, scores: Callable[[SegScores], dict[str, Any]]) -> dict[str, Any]:
+        """Every field as plain data; the two forms differ only in how a :class:`SegScores` is written."""
         return {
             "train_loss": [float(x) for x in self.train_loss],
-            "val": [s.as_dict() for s in self.val],
+            "val": [scores(s) for s in self.val],
             "val_epochs": [int(e) for e in self.val_epochs],
             "lr": [float(x) for x in self.lr],
             "epoch_time": [float(x) for x in self.epoch_time],
             "train_time": [float(x) for x in self.train_time],
             "train_images": [int(x) for x in self.train_images],
+            "peak_memory_mib": float(self.peak_memory_mib),
+            "memory_kind": self.memory_kind,
             "best_miou": float(self.best_miou),
             "best_epoch": int(self.best_epoch),
             "stopped_early": bool(self.stopped_early),
-            "peak_memory_mib": float(self.peak_memory_mib),
-            "memory_kind": self.memory_kind,
         }
 
     @classmethod
