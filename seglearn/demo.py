@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from seglearn.atomic import write_file
 from seglearn.job import TrainJob, job_val_set, run_train_job
 
 
@@ -49,7 +50,7 @@ def run_demo(
     images = torch.stack([val_set[i][0] for i in range(n)])
     masks = torch.stack([val_set[i][1] for i in range(n)])
     fig = gallery(images, masks, predict(result.model, images), palette=result.palette, classes=classes)
-    fig.savefig(job.out / "gallery.png", dpi=100)
+    write_file(job.out / "gallery.png", lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close("all")
     print(f"\nwrote {job.out / 'gallery.png'} (image | truth | prediction | errors) and {job.out / 'curves.png'}")
     return 0

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from seglearn.atomic import remove_stale_temps
+
 __all__ = ["OPSET", "export_onnx", "check_onnx"]
 
 OPSET = 17  # ONNX opset 17: supported by onnxruntime >= 1.14 and by TensorRT 8.6 and later
@@ -55,7 +57,8 @@ def export_onnx(
     net = _Logits(model).cpu().eval()
     x = torch.zeros(1, 3, *sample_size)
     dims = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)  # left by an export that was killed
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         with warnings.catch_warnings(), torch.no_grad():

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from seglearn.atomic import write_file
 from seglearn.data.base import IMAGE_EXTENSIONS, read_image
 
 __all__ = ["Prediction", "image_files", "predict_files"]
@@ -61,9 +62,7 @@ def _output_names(sources: Sequence[Path]) -> list[str]:
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)  # atomic: an interrupted run leaves the old file or the new one
+    write_file(path, lambda f: Image.fromarray(array).save(f, format="PNG"))  # the old file or the new one
 
 
 @torch.no_grad()

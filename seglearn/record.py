@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from seglearn.atomic import write_json
 from seglearn.models import count_parameters
 
 if TYPE_CHECKING:  # job.py imports this module
@@ -105,8 +106,7 @@ def save_chapter_record(record: dict[str, Any], folder: Path = CHAPTER_RECORDS) 
     """Write ``record`` as ``folder/<name>.json`` (later chapters and the results table read it) and return the path."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{record['name']}.json"
-    path.write_text(json.dumps(record, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-    return path
+    return write_json(path, record, indent=None)
 
 
 def load_chapter_record(name: str, folder: Path = CHAPTER_RECORDS) -> dict[str, Any] | None:

@@ -24,6 +24,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from seglearn.atomic import write_json
+
 __all__ = ["ClassStatistics", "SegmentationDataset", "apply_transforms", "read_image", "read_mask", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -173,15 +175,10 @@ class ClassStatistics:
         except (OSError, ValueError):
             data = {}
         data[key] = stats
-        tmp = cache_file.with_name(cache_file.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(data, indent=1))
-            tmp.replace(cache_file)
+            write_json(cache_file, data, indent=1)
         except OSError:  # read-only data folder: the in-memory cache still holds the numbers
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
+            pass
 
     def class_frequencies(self) -> np.ndarray:
         """freq(c) = pixels of c / total pixels of the images where c is present, float64 (num_classes,)."""
