@@ -9,7 +9,6 @@ a checkpoint without unpickling arbitrary objects. A checkpoint written by ``fit
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import write_file
 from .history import History
 from .seeding import capture_rng_state, restore_rng_state
 
@@ -28,36 +28,51 @@ __all__ = [
     "renamed_state_dict",
     "check_recipe",
     "check_plain",
+    "check_finite",
+    "read_torch_file",
     "TrainingState",
     "Checkpointer",
 ]
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` with ``torch.save`` to a temporary file beside ``path``, then ``os.replace`` it into place.
+    """Write ``state`` with ``torch.save`` to a temporary file beside ``path``, then ``os.replace`` it into place
+    (:func:`seglearn.atomic.atomic_write`): a process killed mid-write leaves the previous file intact, and the next
+    write removes the temporary file it left."""
+    return write_file(path, lambda f: torch.save(state, f))
 
-    A process killed mid-write leaves the previous file intact (``os.replace`` is atomic on POSIX and Windows).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+def _why_unreadable(err: Exception) -> str:
+    text = str(err)
+    if isinstance(err, EOFError) or "central directory" in text or "truncated" in text.lower():
+        return "it is truncated or damaged (a copy or a write that was cut short?)"
+    if "Weights only load failed" in text:
+        return "it holds Python objects besides tensors and plain data, so it was not written by seglearn"
+    return f"it is not a file torch.save wrote ({type(err).__name__})"
+
+
+def read_torch_file(path: str | os.PathLike, what: str, hint: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, or a one-line ValueError saying why ``path`` is no ``what``
+    (truncated, another kind of file, pickled objects) and what to do (``hint``) instead of torch's advice to
+    unpickle it with ``weights_only=False``."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); a saved file is as torch.save's would be
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # zip, pickle and storage errors of every kind
+        raise ValueError(f"{path} is not a {what}: {_why_unreadable(err)}; {hint}") from err
+
+
+def check_finite(state_dict: dict[str, Any], what: str) -> None:
+    """Raise a FloatingPointError naming the first tensors of ``state_dict`` holding NaN or infinity (one host
+    sync for all of them): nothing non-finite is ever written as a model or a checkpoint."""
+    floats = [(k, v) for k, v in state_dict.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if not floats:
+        return
+    flags = torch.stack([torch.isfinite(v).all().to(floats[0][1].device) for _, v in floats]).cpu()
+    if bool(flags.all()):
+        return
+    bad = [k for (k, _), ok in zip(floats, flags.tolist(), strict=True) if not ok]
+    more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+    raise FloatingPointError(f"{what} holds NaN or infinite weights ({', '.join(bad[:3])}{more})")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -171,7 +186,8 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train with checkpoint_dir= first or check the path")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    hint = f"delete {path} (or pick another checkpoint_dir) to train from scratch"
+    state = read_torch_file(path, "training checkpoint", hint, map_location)
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path} is not a seglearn training checkpoint (no 'model' entry)")
     if recipe is not None:
@@ -236,6 +252,10 @@ class TrainingState:
         """Continue from the checkpoint at ``path``: check recipe, spec and shapes first, then load every state."""
         objects = (self.model, self.optimizer, self.scheduler, self.scaler)
         ckpt = load_checkpoint(path, *objects, recipe=self.recipe, model_spec=self.model_spec)
+        try:  # written before seglearn checked weights before saving: continuing would train on garbage
+            check_finite(ckpt["model"], str(path))
+        except FloatingPointError as err:
+            raise ValueError(f"{err}: it cannot be resumed; delete it (or pick another checkpoint_dir)") from None
         self.history, self.epoch = History.from_dict(ckpt["history"]), int(ckpt["epoch"])
         self.num_classes = self.num_classes or ckpt.get("num_classes")
         restore_rng_state(ckpt["rng"], self.loader)
@@ -248,6 +268,13 @@ class Checkpointer:
     def __init__(self, folder: str | os.PathLike, *, write: bool = True) -> None:
         self.folder, self.write = Path(folder), write
         self.last, self.best = self.folder / "last.pt", self.folder / "best.pt"
+        self.good_epoch: int | None = None  # the epoch last.pt holds, once this run has written or read it
+
+    def last_good(self) -> str:
+        """Where this run's last good weights are, for an error message."""
+        if self.good_epoch is None:
+            return f"no checkpoint of this run holds good weights yet ({self.last} was not written by it)"
+        return f"{self.last} holds epoch {self.good_epoch} with finite weights (checked when it was written)"
 
     def restore(self, state: TrainingState) -> bool:
         """Load ``last.pt`` into ``state``; False (with a warning) when there is none: the run starts fresh."""
@@ -255,6 +282,7 @@ class Checkpointer:
             warnings.warn(f"resume=True but {self.last} does not exist: starting from scratch", stacklevel=3)
             return False
         state.load(self.last)
+        self.good_epoch = state.epoch
         return True
 
     def save(self, state: TrainingState, *, best: bool = False) -> None:
@@ -262,6 +290,8 @@ class Checkpointer:
         if not self.write:
             return
         ckpt = state.state_dict()
+        check_finite(ckpt["model"], f"the model after epoch {state.epoch}")  # fit checks first; this is the guard
         if best:
             save_checkpoint(ckpt, self.best)
         save_checkpoint(ckpt, self.last)
+        self.good_epoch = state.epoch

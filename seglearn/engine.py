@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from . import distributed as D
-from .checkpoint import Checkpointer, TrainingState
+from .checkpoint import Checkpointer, TrainingState, check_finite
+from .checks import check_batch, check_labels, check_lr, check_scales, check_val_loader, input_channels, split_batch
 from .history import History
 from .memory import peak_memory_mib, reset_peak_memory
 from .metrics import ConfusionMatrix, SegScores
@@ -31,8 +32,6 @@ from .seeding import seed_everything, use_worker_seeding
 
 __all__ = ["fit", "train_one_epoch", "EpochStats", "evaluate", "predict", "default_device", "build_optimizer"]
 
-_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
 
 def default_device() -> torch.device:
     """The fastest available device: CUDA, then Apple MPS, then the CPU."""
@@ -41,38 +40,6 @@ def default_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    raise TypeError(f"the loader must yield (images, masks) pairs, got {type(batch).__name__}")
-
-
-def _check_batch(images: Tensor, masks: Tensor, in_channels: int | None) -> None:
-    """Shape/dtype checks with advice; cheap (no device sync)."""
-    c = in_channels or 3
-    if not (isinstance(images, Tensor) and images.ndim == 4 and images.is_floating_point()):
-        got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(
-            f"expected images as a float tensor (N, {c}, H, W), got {got}; "
-            "use a transforms preset (seglearn.data.train_transforms) that normalizes and converts to tensors"
-        )
-    if in_channels is not None and images.shape[1] != in_channels:
-        raise ValueError(f"expected images (N, {in_channels}, H, W) for this model, got {tuple(images.shape)}")
-    if not (isinstance(masks, Tensor) and masks.ndim == 3 and masks.dtype in _INT_DTYPES):
-        got = f"{tuple(masks.shape)} {masks.dtype}" if isinstance(masks, Tensor) else type(masks).__name__
-        raise ValueError(f"expected masks as an integer tensor (N, H, W) of class indices, got {got}")
-    if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
-        raise ValueError(
-            f"images {tuple(images.shape)} and masks {tuple(masks.shape)} disagree: "
-            "need the same N and the same H, W (transform image and mask together)"
-        )
-
-
-def _input_channels(model: nn.Module) -> int | None:
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return conv.in_channels if conv is not None else None
 
 
 def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
@@ -99,11 +66,6 @@ def _averaged_probs(net: nn.Module, x: Tensor, scales: Sequence[float], flip: bo
             probs = resize_to(logits.flip(-1) if flipped else logits, (h, w)).softmax(1)
             total = probs if total is None else total + probs
     return total / (len(scales) * (2 if flip else 1))
-
-
-def _check_scales(scales: Sequence[float]) -> None:
-    if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"scales must be positive numbers, got {scales!r}")
 
 
 @dataclass(frozen=True)
@@ -138,40 +100,44 @@ def train_one_epoch(
     ``scaler``, optional gradient clipping, an optimizer step and a ``scheduler`` step per batch.
 
     ``epoch``/``epochs`` (0-based epoch) only label the progress bar and error messages. Raises ValueError for a
-    batch of one image reaching BatchNorm, FloatingPointError for a non-finite loss (checked every step on a CPU,
-    every 20th step elsewhere: each check is a host sync). Under torch.distributed the loss and image counts are
-    summed over ranks and rank 0's BatchNorm statistics are copied to all.
+    batch of one image reaching BatchNorm or for mask labels >= the logits' channels that are not the loss's
+    ``ignore_index`` (255 when the loss has none), naming the batch; FloatingPointError for a non-finite loss
+    (checked every step on a CPU, every 20th step elsewhere: each check is a host sync).
+    Under torch.distributed the loss and image counts are summed over ranks and rank 0's BatchNorm statistics are
+    copied to all.
     """
     net = D.unwrap_model(model)
     model.train()
     scaler = scaler if scaler is not None else torch.amp.GradScaler("cuda", enabled=False)  # a pass-through
-    in_channels = _input_channels(net)
+    in_channels = input_channels(net)
     bn_training = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in net.modules())
     check_every = 1 if device.type == "cpu" else 20
+    ignore_index = int(getattr(loss, "ignore_index", 255))
     steps = len(loader) if hasattr(loader, "__len__") else None
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     seen, num_classes, lr_used, t0 = 0, 0, math.nan, time.perf_counter()
     bar = progress_bar(loader, enabled=progress, desc=f"epoch {epoch + 1}/{epochs}", leave=False, total=steps)
     for step, batch in enumerate(bar):
-        images, masks = _split_batch(batch)
-        _check_batch(images, masks, in_channels)
+        images, masks = split_batch(batch)
+        check_batch(images, masks, in_channels)
         if bn_training and images.shape[0] == 1:
             raise ValueError(
                 f"a batch of one image reached BatchNorm in training (epoch {epoch + 1}, step {step + 1}): "
                 "use batch_size > 1 and DataLoader(..., drop_last=True) so no final batch of one is left"
             )
+        loader_masks = masks
         images, masks = _to_device(images, masks, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             output = model(images)
-            batch_loss = loss(output, masks)
         num_classes = num_classes or int(logits_of(output).shape[1])
+        check_labels(loader_masks, num_classes, ignore_index, f"epoch {epoch + 1}, step {step + 1}")
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            batch_loss = loss(output, masks)
         if step % check_every == 0 or step + 1 == steps:
             value = float(batch_loss.detach())
             if D.any_rank(not math.isfinite(value), device):
                 raise FloatingPointError(
-                    f"loss is {value} at epoch {epoch + 1}, step {step + 1} (on some rank): lower lr, set "
-                    "grad_clip, or check the masks (labels >= num_classes that are not ignore_index?); last.pt "
-                    "keeps the last good epoch"
+                    f"loss is {value} at epoch {epoch + 1}, step {step + 1} (on some rank): lower lr or set grad_clip"
                 )
             # refresh=False: shown at the bar's next throttled redraw. A forced refresh is one Jupyter widget
             # message per step, which can overflow the output queue that nbval reads only after the cell ends.
@@ -217,30 +183,36 @@ def evaluate(
     ``num_classes=None`` takes the model's output channels. Under torch.distributed the matrices of all ranks are
     summed before scoring (give each rank a disjoint shard, e.g. ``seglearn.distributed.eval_sampler``).
     """
-    _check_scales(scales)
+    check_scales(scales)
     net = D.unwrap_model(model)
     device = torch.device(device) if device is not None else next(net.parameters()).device
     net.to(device)
     was_training = net.training
     net.eval()
     amp_dtype = _amp_dtype(device, amp)
-    in_channels = _input_channels(net)
+    in_channels = input_channels(net)
     plain = tuple(scales) == (1.0,) and not flip
     cm = ConfusionMatrix(num_classes, ignore_index, device=device) if num_classes is not None else None
+    batches = 0
     try:
         for batch in progress_bar(loader, enabled=progress and D.get_rank() == 0, desc="eval", leave=False):
-            images, masks = _split_batch(batch)
-            _check_batch(images, masks, in_channels)
+            images, masks = split_batch(batch)
+            check_batch(images, masks, in_channels)
             images, masks = _to_device(images, masks, device, channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 scores = logits_of(net(images)) if plain else _averaged_probs(net, images, scales, flip)
             if cm is None:
                 cm = ConfusionMatrix(scores.shape[1], ignore_index, device=device)
             cm.update(scores.argmax(1), masks)
+            batches += 1
     finally:
         net.train(was_training)
-    if cm is None:
-        raise ValueError("the evaluation loader yielded no batches; pass num_classes or a non-empty loader")
+    total = D.all_reduce_sum(torch.tensor(float(batches), device=device))
+    if cm is None or float(total) == 0:  # scores of no images would be NaN
+        raise ValueError(
+            "the evaluation loader yielded no batches (an empty val split, or fewer images than batch_size with "
+            "drop_last=True?): pass a loader with images"
+        )
     return cm.all_reduce().compute()
 
 
@@ -255,7 +227,9 @@ def predict(model: nn.Module, images: Tensor, scales: Sequence[float] = (1.0,), 
     if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim not in (3, 4):
         got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"predict expects a float tensor (N, 3, H, W) or (3, H, W), normalized; got {got}")
-    _check_scales(scales)
+    check_scales(scales)
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("predict got images holding NaN or infinity: check how they were loaded and normalized")
     x = images[None] if images.ndim == 3 else images
     net = D.unwrap_model(model)
     was_training = net.training
@@ -280,6 +254,30 @@ def _recipe(opt: torch.optim.Optimizer, optimizer: Any, poly_power: float, warmu
         "warmup_iters": int(warmup_iters),
         **dict(recipe or {}),
     }
+
+
+def _checked_epoch(model: nn.Module, checkpoints: Checkpointer | None, *args: Any, **kw: Any) -> EpochStats:
+    """:func:`train_one_epoch`, then the weights checked finite before anything can save them; a non-finite loss or
+    weight stops the run with an error that says where its last good weights are."""
+    try:
+        stats = train_one_epoch(model, *args, **kw)
+        check_finite(D.unwrap_model(model).state_dict(), f"the model after epoch {kw['epoch'] + 1}")
+    except FloatingPointError as err:
+        where = checkpoints.last_good() if checkpoints is not None else "nothing was saved (no checkpoint_dir)"
+        raise FloatingPointError(f"{err}; nothing non-finite was saved: {where}") from None
+    return stats
+
+
+def _resume(checkpoints: Checkpointer, state: TrainingState, epochs: int, steps: int) -> None:
+    """Continue from ``last.pt`` (when there is one); a run asking for fewer epochs than it holds is refused."""
+    if not checkpoints.restore(state):
+        return
+    if state.epoch > epochs:
+        raise ValueError(
+            f"{checkpoints.last} holds {state.epoch} epochs but epochs={epochs}: pass epochs >= {state.epoch} to "
+            "continue that run, or pick another checkpoint_dir to train a shorter one"
+        )
+    state.scheduler.total_iters = epochs * steps  # a resumed run may ask for more epochs
 
 
 def _check_fit_args(epochs: int, val_every: int, resume: bool, checkpoint_dir: Any) -> None:
@@ -336,6 +334,7 @@ def fit(
     model is wrapped in DistributedDataParallel, loaders are sharded, and only rank 0 writes and shows progress.
     """
     _check_fit_args(epochs, val_every, resume, checkpoint_dir)
+    check_val_loader(val_loader)
     if seed is not None:
         seed_everything(seed, getattr(train_loader, "dataset", None))
     net = D.unwrap_model(model)
@@ -347,7 +346,7 @@ def fit(
     val_loader = D.shard_loader(val_loader, train=False)
     use_worker_seeding(train_loader)
     steps = _steps(train_loader)
-    opt = build_optimizer(optimizer or "sgd", net, lr, weight_decay, momentum)
+    opt = check_lr(build_optimizer(optimizer or "sgd", net, lr, weight_decay, momentum))
     sched = PolyLR(opt, total_iters=epochs * steps, power=poly_power, warmup_iters=warmup_iters)
     amp_dtype = _amp_dtype(device, amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -357,8 +356,8 @@ def fit(
                           recipe=_recipe(opt, optimizer or "sgd", poly_power, warmup_iters, recipe))  # fmt: skip
     main = D.get_rank() == 0  # the process that writes files and shows progress
     checkpoints = Checkpointer(checkpoint_dir, write=main) if checkpoint_dir is not None else None
-    if resume and checkpoints.restore(state):
-        sched.total_iters = epochs * steps  # a resumed run may ask for more (or fewer) epochs
+    if resume:
+        _resume(checkpoints, state, epochs, steps)
     train_model, history = D.wrap_if_distributed(model, device), state.history
     show = progress and main
     plot = LivePlot(epochs) if main and (live_plot or (live_plot is None and progress and in_notebook())) else None
@@ -369,9 +368,9 @@ def fit(
     for epoch in bar:
         t_epoch = time.perf_counter()
         D.set_sampler_epoch(train_loader, epoch)
-        stats = train_one_epoch(train_model, train_loader, loss, opt, sched, device=device, scaler=scaler,
-                                amp_dtype=amp_dtype, grad_clip=grad_clip, channels_last=channels_last,
-                                progress=show, epoch=epoch, epochs=epochs)  # fmt: skip
+        stats = _checked_epoch(train_model, checkpoints, train_loader, loss, opt, sched, device=device, scaler=scaler,
+                               amp_dtype=amp_dtype, grad_clip=grad_clip, channels_last=channels_last,
+                               progress=show, epoch=epoch, epochs=epochs)  # fmt: skip
         history.record_train(stats.loss, stats.images, stats.seconds, stats.lr)
         state.num_classes = state.num_classes or stats.num_classes
         improved = False

@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import check_plain, check_state_dict, renamed_state_dict, save_checkpoint
+from .checkpoint import (
+    check_finite,
+    check_plain,
+    check_state_dict,
+    read_torch_file,
+    renamed_state_dict,
+    save_checkpoint,
+)
 
 __all__ = ["save_model", "load_model", "FORMAT", "VERSION"]
 
@@ -55,6 +62,7 @@ def save_model(
     check_plain(spec, "model_spec")
     check_plain(meta, "meta")
     state = net.state_dict()
+    check_finite(state, f"the {type(net).__name__} given to save_model")
     return save_checkpoint({"format": FORMAT, "version": VERSION, "model_spec": dict(spec), "meta": meta,
                             "state_dict": state}, path)  # fmt: skip
 
@@ -115,10 +123,8 @@ def load_model(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}: pass the model.pt `seglearn train` wrote under --out")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, or one that holds more than plain data
-        raise ValueError(f"{_NOT_A_MODEL_FILE.format(path=path)} ({type(err).__name__}: {err})") from err
+    hint = "pass a model.pt written by `seglearn train`, or a last.pt/best.pt written by fit"
+    ckpt = read_torch_file(path, "seglearn model file", hint)  # truncated, a PNG, a pickle: one line each
     spec, meta, state = _read(path, ckpt)
     model = create_model(spec["model"], int(spec["num_classes"]), **dict(spec.get("model_kwargs") or {}))
     state = renamed_state_dict(state, model)
