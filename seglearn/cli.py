@@ -1,4 +1,5 @@
-"""``python -m seglearn {train,evaluate,predict,export,download,demo}``: the package's jobs from a shell.
+"""``python -m seglearn {train,evaluate,predict,export,download,demo,models}``: the
+package's jobs from a shell.
 
 ``train`` also runs data-parallel under ``torchrun --nproc_per_node=N -m seglearn train ...`` (see
 :mod:`seglearn.distributed`). User errors (bad names, sizes, missing files) exit with code 2 and one message line.
@@ -12,14 +13,14 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import nn
+from seglearn.job import CLASS_WEIGHTS, OPTIMIZERS, JobError, TrainJob, check_device, one_line, size_pair
+from seglearn.names import DATASETS, DOWNLOADABLE
 
-from seglearn import distributed as D
-from seglearn.job import CLASS_WEIGHTS, OPTIMIZERS, JobError, TrainJob, run_train_job, size_pair
+if TYPE_CHECKING:  # torch is imported by the commands that run: --help and option errors answer at once
+    import torch
+    from torch import nn
 
 # The train options' defaults are TrainJob's: one list of defaults for the CLI, the demo and Python callers.
 JOB = {f.name: f.default for f in dataclasses.fields(TrainJob) if f.default is not dataclasses.MISSING}
@@ -77,13 +78,29 @@ def parse_train_job(argv: Sequence[str]) -> TrainJob:
     return train_job_from_args(args)
 
 
+def _check_checkpoint(path: str, flag: str = "--checkpoint") -> None:
+    if not Path(path).is_file():
+        what = "is a folder" if Path(path).is_dir() else "not found"
+        raise UsageError(f"{flag} {path} {what}; pass the model.pt that `seglearn train` wrote under --out")
+
+
+def _check_loader_args(args: argparse.Namespace) -> None:
+    """evaluate's data options, checked before anything is loaded."""
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
+                               ("--num-images", args.num_images, 1)):  # fmt: skip
+        if value < least:
+            raise UsageError(f"{flag} takes an integer >= {least}, got {value}")
+    if args.image_size is not None:
+        size_pair(args.image_size, "--image-size")
+    check_device(args.device)
+
+
 def _load(path: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """A model file's model and meta (model, num_classes, classes, palette: from the dataset when not stored)."""
     from seglearn.data import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, voc_palette
     from seglearn.model_file import load_model
 
-    if not Path(path).is_file():
-        raise UsageError(f"checkpoint {path} not found; pass the model.pt that `seglearn train` wrote under --out")
+    _check_checkpoint(path)
     try:
         model, meta = load_model(path, device, return_meta=True)
     except ValueError as err:  # another file, or a checkpoint without a model spec
@@ -102,18 +119,35 @@ def _load(path: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    run_train_job(train_job_from_args(args))
+    from seglearn.job import run_train_job
+
+    run_train_job(train_job_from_args(args))  # TrainJob checked every option before this line
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from seglearn.models import list_models, model_info
+
+    for name in list_models():
+        info = model_info(name)
+        extras = [f"backbones: {', '.join(info.backbones)}"] if info.backbones else []
+        extras += ["aux head"] * info.aux_loss + ["pretrained backbone"] * info.pretrained_backbone
+        print(f"{name:14} {info.paper.split(',')[0][:60]}" + (f"  [{'; '.join(extras)}]" if extras else ""))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _check_loader_args(args)
+    _check_checkpoint(args.checkpoint)
+    dataset, root = _dataset_and_root(args)
+    _choice(dataset, DATASETS, "--dataset")
+    from seglearn import distributed as D
     from seglearn.data import job_datasets, make_loader
     from seglearn.engine import evaluate
 
     info = D.init_distributed(args.device)
     model, meta = _load(args.checkpoint, info.device)
     size = None if args.image_size is None else size_pair(args.image_size, "--image-size")
-    dataset, root = _dataset_and_root(args)
     try:
         (ds,) = job_datasets(dataset, [args.split], root=root, num_images=args.num_images, image_size=size)
     except (OSError, ValueError, RuntimeError) as err:
@@ -124,7 +158,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"evaluate on the dataset it was trained on ({meta.get('dataset')})"
         )
     loader = make_loader(ds, batch_size=args.batch_size, train=False, workers=args.workers)
-    scores = evaluate(model, loader, ds.num_classes, device=info.device)
+    try:
+        scores = evaluate(model, loader, ds.num_classes, device=info.device)
+    except (ValueError, OSError) as err:  # a bad mask or image, found by a loader worker: its own message
+        raise UsageError(one_line(err)) from None
     if info.is_main:
         print(f"{meta['model']} on {dataset} {args.split} ({len(ds)} images)")
         print(scores.table(list(ds.classes)))
@@ -133,10 +170,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if not args.scales or not all(0 < s < float("inf") for s in args.scales):
+        raise UsageError(f"--scales takes positive numbers (e.g. 0.75 1 1.25), got {' '.join(map(str, args.scales))}")
+    _check_out(args.out)
+    check_device(args.device)
+    _check_checkpoint(args.checkpoint)
+    import numpy as np
+
+    from seglearn import distributed as D
     from seglearn.inference import predict_files
 
-    if not args.scales or min(args.scales) <= 0:
-        raise UsageError(f"--scales takes positive numbers (e.g. 0.75 1 1.25), got {' '.join(map(str, args.scales))}")
     device = D.init_distributed(args.device).device
     model, meta = _load(args.checkpoint, device)
     palette = np.asarray(meta["palette"], dtype=np.uint8)
@@ -150,10 +193,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    size = size_pair(args.size, "--size")
+    _check_checkpoint(args.checkpoint, "MODEL.pt")
+    _check_out(str(Path(args.onnx).parent), "--onnx")
+    if Path(args.onnx).is_dir():
+        example = Path(args.onnx) / "model.onnx"
+        raise UsageError(f"--onnx {args.onnx} is a folder; pass the file to write, e.g. {example}")
+    import torch
+
     from seglearn.export import OPSET, export_onnx
 
     model, meta = _load(args.checkpoint, torch.device("cpu"))
-    size = size_pair(args.size, "--size")
     try:
         path = export_onnx(model, args.onnx, sample_size=size, dynamic_size=not args.fixed_size)
     except RuntimeError as err:
@@ -186,8 +236,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
+def _check_out(folder: str, flag: str = "--out") -> None:
+    from seglearn.job import check_out_folder
+
+    check_out_folder(Path(folder), flag)
+
+
+def _choice(value: str, choices: Sequence[str], flag: str) -> None:
+    if value not in choices:
+        raise UsageError(f"{flag} {value!r} is not one of: {', '.join(choices)}")
+
+
 def _data_args(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
-    p.add_argument("--dataset", choices=datasets, default=JOB["dataset"], help="dataset name (default: %(default)s)")
+    # No argparse choices= here or for --model: TrainJob checks them, in one message format, without torch.
+    p.add_argument("--dataset", default=JOB["dataset"], help=f"{', '.join(datasets)} (default: %(default)s)")
     p.add_argument("--root", default=JOB["root"], help="dataset folder (default: found under SEGLEARN_DATA or data/)")
     own = "your own data: a folder with images/, masks/ and classes.json (instead of --dataset)"
     p.add_argument("--data", default=None, metavar="PATH", help=own)
@@ -204,19 +266,20 @@ def _data_args(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``seglearn`` argument parser (model and dataset choices come from the registry)."""
-    from seglearn.data import DATASETS
-    from seglearn.models import list_models
-
+    """The ``seglearn`` argument parser. Building it imports neither torch nor the models: ``--model`` is checked
+    against the registry by :class:`~seglearn.job.TrainJob`, and ``seglearn models`` lists the registered models."""
     parser = argparse.ArgumentParser(prog="seglearn", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,export,download,demo}")
-    _train_parser(sub.add_parser("train", help="train a model; under torchrun, data-parallel"), list_models(), DATASETS)
+    commands = "{train,evaluate,predict,export,download,demo,models}"
+    sub = parser.add_subparsers(dest="command", required=True, metavar=commands)
+    _train_parser(sub.add_parser("train", help="train a model; under torchrun, data-parallel"), DATASETS)
     _other_parsers(sub, DATASETS)
+    p = sub.add_parser("models", help="list the registered models (the names --model takes)")
+    p.set_defaults(func=cmd_models)
     return parser
 
 
-def _train_parser(p: argparse.ArgumentParser, models: Sequence[str], datasets: Sequence[str]) -> None:
-    p.add_argument("--model", required=True, choices=models)
+def _train_parser(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
+    p.add_argument("--model", required=True, help="a registered model, e.g. unet (`seglearn models` lists them)")
     _data_args(p, datasets)
     p.add_argument("--epochs", type=int, default=JOB["epochs"])
     p.add_argument(
@@ -281,7 +344,7 @@ def _other_parsers(sub: Any, datasets: Sequence[str]) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("download", help="download a dataset")
-    p.add_argument("dataset", choices=[d for d in datasets if d not in ("synthetic", "folder")])
+    p.add_argument("dataset", choices=DOWNLOADABLE)
     p.add_argument("--root", default=None, help="where to put it (default: SEGLEARN_DATA or data/)")
     p.set_defaults(func=cmd_download)
 
@@ -303,12 +366,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UsageError, JobError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        parser.exit(2, f"{parser.prog}: error: {one_line(err)}\n")
     except KeyboardInterrupt:
         parser.exit(130, "interrupted\n")
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():  # left by an error
-            torch.distributed.destroy_process_group()
+        torch = sys.modules.get("torch")  # only a command that ran has imported it
+        if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # left by an error
 
 
 if __name__ == "__main__":

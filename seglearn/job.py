@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import json
+import math
+import operator
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import nn
+from seglearn.atomic import write_file
+from seglearn.atomic import write_json as write_json
+from seglearn.names import DATASETS, model_names
+
+if TYPE_CHECKING:  # torch and numpy are imported by the functions that train: a bad option is answered at once
+    import numpy as np
+    from torch import nn
 
 MODEL_FILE = "model.pt"
 OPTIMIZERS = ("sgd", "adamw")
@@ -30,12 +36,50 @@ class JobError(ValueError):
     it as ``seglearn: error: ...`` with exit code 2."""
 
 
+def _is_int(value: Any) -> bool:
+    try:
+        operator.index(value)  # int and numpy integers; not 2.0 or "2"
+    except TypeError:
+        return False
+    return not isinstance(value, bool)
+
+
 def size_pair(value: int | Sequence[int], flag: str) -> tuple[int, int]:
     """``32`` or ``[32]`` -> (32, 32); ``[32, 48]`` -> (32, 48); anything else is refused naming ``flag``."""
-    values = [value] if isinstance(value, (int, np.integer)) else list(value)
-    if len(values) not in (1, 2) or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in values):
+    values = [value] if _is_int(value) else list(value)
+    if len(values) not in (1, 2) or not all(_is_int(v) and v >= 1 for v in values):
         raise JobError(f"{flag} takes one or two positive ints (H W), got {' '.join(map(str, values))}")
     return (int(values[0]), int(values[-1]))
+
+
+_DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)")
+
+
+def check_device(device: str | None, flag: str = "--device") -> None:
+    """Refuse a device name torch would not know, or a GPU this machine does not have (imports torch only then)."""
+    if device is None or device == "cpu":
+        return
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise JobError(f"{flag} {device!r} is not a device: pass cpu, cuda, cuda:N or mps (or leave it out)")
+    import torch
+
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            have = f"{count} GPU(s) are visible" if count else "no CUDA GPU is visible (torch.cuda.is_available())"
+            raise JobError(f"{flag} {device}: {have}; pass {flag} cpu, or leave it out to use what is there")
+    elif not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise JobError(f"{flag} mps: Apple's MPS is not available here; pass {flag} cpu or leave it out")
+
+
+def check_out_folder(out: Path, flag: str = "--out") -> None:
+    """Refuse an output folder that is a file (or lies under one), before any training."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise JobError(f"{flag} {out}: {folder} is a file; pass a folder (it gets model.pt, run.json, ...)")
+            return
 
 
 @dataclass
@@ -79,31 +123,33 @@ class TrainJob:
     argv: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from seglearn.data import DATASETS
-        from seglearn.models import list_models
-
-        _choice(self.model, list_models(), "--model")
+        # Everything that needs no import first: an option error is answered before torch is loaded.
         _choice(self.dataset, DATASETS, "--dataset")
         _choice(self.optimizer, OPTIMIZERS, "--optimizer")
         _choice(self.class_weights, CLASS_WEIGHTS, "--class-weights")
         self.crop = size_pair(self.crop, "--crop")
         self.image_size = None if self.image_size is None else size_pair(self.image_size, "--image-size")
         lo, hi = (float(s) for s in self.scale)
-        if not 0 < lo <= hi:
-            raise JobError(f"--scale takes MIN MAX with 0 < MIN <= MAX, got {lo:g} {hi:g}")
+        if not 0 < lo <= hi < math.inf:
+            raise JobError(f"--scale takes MIN MAX with 0 < MIN <= MAX (e.g. 0.5 2.0), got {lo:g} {hi:g}")
         self.scale = (lo, hi)
         counts = [("--num-images", self.num_images, 1), ("--batch-size", self.batch_size, 1),
                   ("--workers", self.workers, 0), ("--epochs", self.epochs, 1),
                   ("--warmup-iters", self.warmup_iters, 0), ("--val-every", self.val_every, 1)]  # fmt: skip
         for flag, value, least in counts:
-            if not isinstance(value, (int, np.integer)) or value < least:
+            if not _is_int(value) or value < least:
                 raise JobError(f"{flag} takes an integer >= {least}, got {value!r}")
-        if not self.lr > 0 or not self.weight_decay >= 0:
-            raise JobError(f"--lr must be > 0 and --weight-decay >= 0, got {self.lr:g} and {self.weight_decay:g}")
-        if self.time_budget is not None and not self.time_budget >= 0:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise JobError(f"--lr takes a finite number > 0 (e.g. 0.01), got {self.lr:g}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise JobError(f"--weight-decay takes a finite number >= 0 (e.g. 1e-4), got {self.weight_decay:g}")
+        if self.time_budget is not None and not (self.time_budget >= 0):
             raise JobError(f"--time-budget takes a number of seconds >= 0, got {self.time_budget:g}")
         self.model_args = dict(self.model_args)
-        self.out = Path(self.out) if self.out is not None else Path("runs") / self.model
+        self.out = Path(self.out) if self.out is not None else Path("runs") / str(self.model)
+        check_out_folder(self.out)
+        _choice(self.model, model_names(), "--model", hint="; `python -m seglearn models` lists them")
+        check_device(self.device)
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -160,9 +206,9 @@ def _literal(value: Any) -> str:
     return repr(value)
 
 
-def _choice(value: Any, choices: Sequence[str], flag: str) -> None:
+def _choice(value: Any, choices: Sequence[str], flag: str, hint: str = "") -> None:
     if value not in choices:
-        raise JobError(f"{flag} {value!r} is not one of: {', '.join(choices)}")
+        raise JobError(f"{flag} {value!r} is not one of: {', '.join(choices)}{hint}")
 
 
 @dataclass
@@ -179,9 +225,14 @@ class TrainResult:
     out: Path
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """``obj`` as indented JSON (arrays and tensors as lists)."""
-    path.write_text(json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+def one_line(err: BaseException) -> str:
+    """An error's message on one line: of an error raised in a DataLoader worker, the worker's own message (the last
+    line of the traceback torch puts into it), not the traceback."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].isidentifier() else last
+    return " ".join(text.split())
 
 
 def _datasets(job: TrainJob, splits: Sequence[str], crop: tuple[int, int] | None) -> list[Any]:
@@ -201,6 +252,8 @@ def job_val_set(job: TrainJob) -> Any:
 
 def _build_model(job: TrainJob, num_classes: int, info: Any) -> nn.Module:
     """The job's model from the registry, the same initial weights on every rank, wrapped for DDP under torchrun."""
+    import torch
+
     from seglearn import distributed as D
     from seglearn.models import create_model
 
@@ -209,13 +262,17 @@ def _build_model(job: TrainJob, num_classes: int, info: Any) -> nn.Module:
         model = create_model(job.model, num_classes, pretrained_backbone=job.pretrained_backbone, **job.model_kwargs)
         return D.wrap_model(model, info, sync_bn=job.sync_bn)
     except (ValueError, TypeError) as err:  # a refused option, a bad --model-arg name or value
-        raise JobError(str(err)) from None
+        given = " ".join(f"--model-arg {k}={_literal(v)}" for k, v in job.model_args.items())
+        raise JobError(f"{err}" + (f" (from {given})" if given else "")) from None
 
 
 def run_train_job(job: TrainJob, quiet: bool = False) -> TrainResult:
     """Train with :func:`seglearn.engine.fit` (checkpoints in ``job.out/checkpoints``), score the val split merged
     over all ranks, and on rank 0 write model.pt (:func:`seglearn.model_file.save_model`), run.json, history.json,
     scores.json and curves.png under ``job.out``; unless ``quiet``, print the scores table and what was written."""
+    import numpy as np
+    import torch
+
     from seglearn import distributed as D
     from seglearn.data import make_loader
     from seglearn.engine import evaluate, fit
@@ -244,8 +301,8 @@ def run_train_job(job: TrainJob, quiet: bool = False) -> TrainResult:
             model_spec=net.model_spec, recipe=recipe, weight_decay=job.weight_decay, warmup_iters=job.warmup_iters,
             val_every=job.val_every, amp=job.amp, channels_last=job.channels_last,
         )  # fmt: skip
-    except ValueError as err:  # e.g. --resume into a folder written by another recipe
-        raise JobError(str(err)) from None
+    except (ValueError, FloatingPointError, OSError) as err:  # --resume on another recipe, a bad mask, a diverged run
+        raise JobError(one_line(err)) from None
     # Each rank scores its own shard (no repeats); evaluate sums the confusion matrices over ranks.
     scores = evaluate(model, loaders[1], train_set.num_classes, device=info.device)
     classes, palette = list(train_set.classes), np.asarray(train_set.palette)
@@ -275,10 +332,10 @@ def _write_run(job: TrainJob, result: TrainResult, *, world_size: int) -> None:
 
     save_model(job.out / MODEL_FILE, result.model, classes=result.classes, palette=result.palette.tolist(),
                dataset=job.dataset, crop=list(job.crop))  # fmt: skip
-    write_json(job.out / "run.json", result.record)
+    write_json(job.out / "run.json", result.record)  # each file atomically: the old one or the new one
     write_json(job.out / "history.json", result.history.as_json())
     scores = result.scores.as_dict()
     write_json(job.out / "scores.json", {**scores, "classes": result.classes, "world_size": world_size})
     fig = plot_history(result.history)
-    fig.savefig(job.out / "curves.png", dpi=100)
+    write_file(job.out / "curves.png", lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)

@@ -51,7 +51,7 @@ def test_unknown_model_from_python_dash_m_lists_the_models_without_traceback(mon
         runpy.run_module("seglearn", run_name="__main__", alter_sys=True)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'fcn9s'" in err
+    assert "--model 'fcn9s' is not one of" in err
     for name in ("fcn8s", "tinyfcn", "unet", "deeplabv3"):
         assert name in err
 
@@ -59,7 +59,7 @@ def test_unknown_model_from_python_dash_m_lists_the_models_without_traceback(mon
 def test_unknown_dataset_lists_the_datasets(capsys):
     assert _exit_code(["train", "--model", "tinyfcn", "--dataset", "cityscapes"]) == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'cityscapes'" in err and all(d in err for d in ("camvid", "voc", "synthetic"))
+    assert "--dataset 'cityscapes' is not one of" in err and all(d in err for d in ("camvid", "voc", "synthetic"))
 
 
 @pytest.mark.parametrize(

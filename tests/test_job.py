@@ -51,7 +51,7 @@ def test_a_job_built_in_python_records_the_command_that_makes_it_again():
         ({"model": "fcn9s"}, "--model 'fcn9s' is not one of"),
         ({"scale": (2.0, 1.0)}, "--scale takes MIN MAX"),
         ({"class_weights": "inverse"}, "--class-weights"),
-        ({"lr": 0.0}, "--lr must be > 0"),
+        ({"lr": 0.0}, "--lr takes a finite number > 0"),
     ],
 )
 def test_bad_values_are_refused_naming_the_option(changes, message):

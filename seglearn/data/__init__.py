@@ -8,6 +8,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from seglearn.names import DATASETS
+
 from .base import SegmentationDataset, read_image, read_mask
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CamVid
 from .download import DownloadError, download_camvid, download_dataset, download_voc, extract_archive
@@ -48,7 +50,6 @@ __all__ = [
     "DownloadError",
 ]
 
-DATASETS = ("camvid", "voc", "synthetic", "folder")  # folder: your own data (SegmentationFolder.from_root)
 
 # Synthetic splits differ by seed so that train, val and test never share an image.
 _SYNTHETIC_SPLITS = {"train": (0, 200), "val": (1, 50), "test": (2, 50)}
