@@ -69,13 +69,13 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> ModelInfo:
     return model_info("toynet")
 
 
-def test_a_registered_toy_model_appears_everywhere(toy):
-    from seglearn.cli import build_parser
+def test_a_registered_toy_model_appears_everywhere(toy, capsys):
+    from seglearn.cli import main, parse_train_job
+    from seglearn.names import model_names
 
-    assert "toynet" in list_models() and list_models() == sorted(list_models())
-    parser = build_parser()
-    args = parser.parse_args(["train", "--model", "toynet"])
-    assert args.model == "toynet"
+    assert "toynet" in list_models() and list_models() == sorted(list_models()) == model_names()
+    assert parse_train_job(["train", "--model", "toynet"]).model == "toynet"  # TrainJob checks --model
+    assert main(["models"]) == 0 and "toynet" in capsys.readouterr().out
     assert [info.name for info in comparison_roster()] == [*CHAPTER_08, "toynet"]  # chapter 99: last
     assert full_recipes()[-1] == (toy, toy.full[0])
     model = create_model("toynet", 3, **toy.quick.model_kwargs)
@@ -138,8 +138,8 @@ def test_every_unsupported_option_is_one_value_error(name):
             create_model(name, 3, backbone="resnet50")
     with pytest.raises(ValueError, match=rf"{name} does not take colour=; its keywords are: "):
         create_model(name, 3, colour="red")
-    for bad in (0, 2.5, "3", True):
-        with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+    for bad in (0, 1, 2.5, "3", True):
+        with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
             create_model(name, bad)
 
 
@@ -220,3 +220,32 @@ def test_recipe_is_plain_and_checked():
         Recipe(1, 0.1, "adam")
     with pytest.raises(ValueError, match="class_weights"):
         Recipe(1, 0.1, class_weights="inverse")
+
+
+def test_model_names_read_before_the_registry_loads_are_the_registry(monkeypatch):
+    """The CLI checks --model without importing torch by reading the model files' registrations; they must agree."""
+    import sys
+
+    from seglearn.names import model_names
+
+    with monkeypatch.context() as m:
+        m.delitem(sys.modules, "seglearn.models.registry")
+        static = model_names()
+    assert static == list_models()
+
+
+@pytest.mark.parametrize("n", [1, 0, -3, 2.0, "11", True])
+def test_num_classes_below_two_or_not_an_integer_is_refused(n):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+        create_model("tinyfcn", n)
+
+
+def test_numpy_integers_are_accepted_and_stored_as_int():
+    model = create_model("tinyfcn", np.int64(11))
+    assert model.model_spec["num_classes"] == 11 and type(model.model_spec["num_classes"]) is int
+
+
+def test_a_keyword_of_the_wrong_kind_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"tinyfcn's width takes an int \(default 32\), got 'abc'"):
+        create_model("tinyfcn", 3, width="abc")
+    assert create_model("tinyfcn", 3, width=np.int64(8)) is not None

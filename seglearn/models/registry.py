@@ -200,8 +200,11 @@ def _num_classes(num_classes: Any) -> int:
         n = operator.index(num_classes)  # int, numpy integers, 0-d integer tensors; not 11.0 or "11"
     except TypeError:
         n = None
-    if n is None or isinstance(num_classes, bool) or n < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if n is None or isinstance(num_classes, bool) or n < 2:
+        raise ValueError(
+            f"num_classes must be an integer >= 2, got {num_classes!r}: cross-entropy over one class is always 0 "
+            "(a binary task is 2 classes, background and foreground)"
+        )
     return int(n)
 
 
@@ -235,6 +238,8 @@ def _check_options(
                 f"{', '.join(accepted) or 'none'} (plus create_model's backbone/pretrained_backbone/aux_loss where "
                 "the model supports them)"
             )
+        for key, value in kwargs.items():
+            _check_type(name, key, value, params[key].default)
     out = dict(kwargs)
     if backbone is not None:
         out["backbone"] = backbone
@@ -243,6 +248,27 @@ def _check_options(
     if pretrained_backbone:
         out["pretrained_backbone"] = True
     return out
+
+
+def _check_type(name: str, key: str, value: Any, default: Any) -> None:
+    """A keyword whose default is a number, a string or a bool must get one of the same kind: ``width="abc"``
+    would otherwise fail deep inside the builder with a message about something else."""
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+    kind = type(default)
+    if kind not in kinds or value is None:
+        return
+    ok = isinstance(value, kinds[kind]) or (kind in (int, float) and _is_integer(value))
+    if not ok or (kind is not bool and isinstance(value, bool)):
+        raise ValueError(f"{name}'s {key} takes {'an' if kind is int else 'a'} {kind.__name__} "
+                         f"(default {default!r}), got {value!r}")  # fmt: skip
+
+
+def _is_integer(value: Any) -> bool:
+    try:
+        operator.index(value)  # numpy integers
+    except TypeError:
+        return False
+    return True
 
 
 def _is_plain(value: Any) -> bool:
