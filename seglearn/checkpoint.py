@@ -19,7 +19,7 @@ from torch import nn
 
 from .atomic import write_file
 from .history import History
-from .seeding import capture_rng_state, restore_rng_state
+from .seeding import capture_rng_state, restore_rng_state, unsaved_generators
 
 __all__ = [
     "save_checkpoint",
@@ -261,6 +261,17 @@ class TrainingState:
         restore_rng_state(ckpt["rng"], self.loader)
 
 
+def _warn_unsaved_generators(loader: Any) -> None:
+    unsaved = unsaved_generators(getattr(loader, "dataset", None))
+    if unsaved:
+        warnings.warn(
+            f"resume from these checkpoints will not be exact: {', '.join(unsaved)} is a random generator of the "
+            "train dataset's own, which a checkpoint does not hold; draw from albumentations transforms (under "
+            "`transforms`) or from torch/numpy/random's global generators, which fit saves and restores",
+            stacklevel=4,
+        )
+
+
 class Checkpointer:
     """``last.pt`` after every epoch and ``best.pt`` at the best validation in one folder; ``write=False`` (every
     rank but 0 under torch.distributed) reads but never writes."""
@@ -269,6 +280,7 @@ class Checkpointer:
         self.folder, self.write = Path(folder), write
         self.last, self.best = self.folder / "last.pt", self.folder / "best.pt"
         self.good_epoch: int | None = None  # the epoch last.pt holds, once this run has written or read it
+        self._checked_loader = False
 
     def last_good(self) -> str:
         """Where this run's last good weights are, for an error message."""
@@ -289,6 +301,9 @@ class Checkpointer:
         """Write ``last.pt`` (and ``best.pt`` when ``best``), each atomically."""
         if not self.write:
             return
+        if not self._checked_loader:
+            self._checked_loader = True
+            _warn_unsaved_generators(state.loader)
         ckpt = state.state_dict()
         check_finite(ckpt["model"], f"the model after epoch {state.epoch}")  # fit checks first; this is the guard
         if best:

@@ -67,11 +67,12 @@ def check_scales(scales: Sequence[float]) -> None:
         raise ValueError(f"scales must be positive numbers, got {scales!r}")
 
 
-def check_lr(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    rates = [g["lr"] for g in opt.param_groups]
-    if not all(isinstance(r, (int, float)) and math.isfinite(r) and r > 0 for r in rates):
+def check_lr(lr: float | torch.optim.Optimizer) -> Any:
+    """``lr`` (a number, or an optimizer's param groups) when it is finite and > 0; else a ValueError."""
+    rates = [g["lr"] for g in lr.param_groups] if isinstance(lr, torch.optim.Optimizer) else [lr]
+    if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0 for r in rates):
         raise ValueError(f"lr must be a finite number > 0 (e.g. 0.01), got {rates[0] if len(rates) == 1 else rates}")
-    return opt
+    return lr
 
 
 def check_val_loader(val_loader: Any) -> None:

@@ -280,7 +280,12 @@ def _resume(checkpoints: Checkpointer, state: TrainingState, epochs: int, steps:
     state.scheduler.total_iters = epochs * steps  # a resumed run may ask for more epochs
 
 
-def _check_fit_args(epochs: int, val_every: int, resume: bool, checkpoint_dir: Any) -> None:
+def _check_fit_args(
+    epochs: int, val_every: int, resume: bool, checkpoint_dir: Any, lr: float, optimizer: Any, val_loader: Any
+) -> None:
+    check_val_loader(val_loader)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        check_lr(lr)  # before torch.optim's own "Invalid learning rate"; an instance's lr is checked once built
     if epochs < 1 or val_every < 1:
         raise ValueError(f"epochs and val_every must be >= 1, got epochs={epochs}, val_every={val_every}")
     if resume and checkpoint_dir is None:
@@ -333,8 +338,7 @@ def fit(
     counter first, so ``History.peak_memory_mib`` is this run's peak. When torch.distributed is initialized the
     model is wrapped in DistributedDataParallel, loaders are sharded, and only rank 0 writes and shows progress.
     """
-    _check_fit_args(epochs, val_every, resume, checkpoint_dir)
-    check_val_loader(val_loader)
+    _check_fit_args(epochs, val_every, resume, checkpoint_dir, lr, optimizer, val_loader)
     if seed is not None:
         seed_everything(seed, getattr(train_loader, "dataset", None))
     net = D.unwrap_model(model)

@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 __all__ = [
     "seed_everything",
     "seed_worker_transforms",
     "use_worker_seeding",
     "find_random_transforms",
+    "unsaved_generators",
     "capture_rng_state",
     "restore_rng_state",
 ]
@@ -35,20 +37,43 @@ def seed_everything(seed: int, dataset: Any = None) -> None:
         t.set_random_seed(seed)
 
 
+def _held_datasets(dataset: Any) -> Iterator[Any]:
+    """The datasets ``dataset`` holds in its attributes, whatever they are named (``Subset.dataset``,
+    ``ConcatDataset.datasets``, a user's ``self.base``), alone or in a list, tuple or dict."""
+    for value in (vars(dataset) if hasattr(dataset, "__dict__") else {}).values():
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else (value,)
+        if isinstance(value, (list, tuple, dict)) and len(items) > 64:  # a data list, not a list of datasets
+            continue
+        yield from (d for d in items if isinstance(d, Dataset) and d is not dataset)
+
+
 def find_random_transforms(dataset: Any, _depth: int = 0) -> Iterator[Any]:
     """Objects with their own random generators (albumentations ``Compose``) reachable from a dataset through
-    ``transforms``/``transform`` and wrapper datasets (``.dataset``, ``.datasets``)."""
+    ``transforms``/``transform`` and the datasets it wraps, under any attribute name (see :func:`_held_datasets`),
+    so that a resumed run restores them whatever wraps the dataset."""
     if _depth > 4 or dataset is None:
         return
     for name in ("transforms", "transform"):
         t = getattr(dataset, name, None)
         if t is not None and hasattr(t, "set_random_seed") and hasattr(t, "random_generator"):
             yield t
-    inner = getattr(dataset, "dataset", None)
-    if inner is not None and inner is not dataset:
+    for inner in _held_datasets(dataset):
         yield from find_random_transforms(inner, _depth + 1)
-    for d in getattr(dataset, "datasets", None) or ():
-        yield from find_random_transforms(d, _depth + 1)
+
+
+_GENERATORS = (np.random.Generator, np.random.RandomState, random.Random, torch.Generator)
+
+
+def unsaved_generators(dataset: Any, _depth: int = 0, _path: str = "dataset") -> list[str]:
+    """Where the train dataset (or one it wraps) keeps a random generator of its own that a checkpoint does not
+    hold (``"dataset.base.rng"``): a resumed run would draw other numbers from it than an uninterrupted one."""
+    if _depth > 4 or dataset is None or not hasattr(dataset, "__dict__"):
+        return []
+    found = [f"{_path}.{k}" for k, v in vars(dataset).items() if isinstance(v, _GENERATORS)]
+    for name, value in vars(dataset).items():
+        if isinstance(value, Dataset) and value is not dataset:
+            found += unsaved_generators(value, _depth + 1, f"{_path}.{name}")
+    return found
 
 
 def seed_worker_transforms(worker_id: int) -> None:
