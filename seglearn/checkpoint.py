@@ -42,13 +42,18 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return write_file(path, lambda f: torch.save(state, f))
 
 
-def _why_unreadable(err: Exception) -> str:
+def _why_unreadable(path: str | os.PathLike, err: Exception) -> str:
+    with open(path, "rb") as f:
+        head = f.read(8)
     text = str(err)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch.save writes a zip (or a pickle)
+        kind = "a PNG image" if head.startswith(b"\x89PNG") else "text" if head.isascii() else "another kind of file"
+        return f"it is {kind}, not a file torch.save wrote"
     if isinstance(err, EOFError) or "central directory" in text or "truncated" in text.lower():
         return "it is truncated or damaged (a copy or a write that was cut short?)"
     if "Weights only load failed" in text:
         return "it holds Python objects besides tensors and plain data, so it was not written by seglearn"
-    return f"it is not a file torch.save wrote ({type(err).__name__})"
+    return f"it is truncated or damaged ({type(err).__name__})"
 
 
 def read_torch_file(path: str | os.PathLike, what: str, hint: str, map_location: Any = "cpu") -> Any:
@@ -58,7 +63,7 @@ def read_torch_file(path: str | os.PathLike, what: str, hint: str, map_location:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip, pickle and storage errors of every kind
-        raise ValueError(f"{path} is not a {what}: {_why_unreadable(err)}; {hint}") from err
+        raise ValueError(f"{path} is not a {what}: {_why_unreadable(path, err)}; {hint}") from err
 
 
 def check_finite(state_dict: dict[str, Any], what: str) -> None:
