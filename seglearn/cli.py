@@ -130,9 +130,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     for name in list_models():
         info = model_info(name)
-        extras = [f"backbones: {', '.join(info.backbones)}"] if info.backbones else []
-        extras += ["aux head"] * info.aux_loss + ["pretrained backbone"] * info.pretrained_backbone
-        print(f"{name:14} {info.paper.split(',')[0][:60]}" + (f"  [{'; '.join(extras)}]" if extras else ""))
+        title = info.paper.split('"')[1] if info.paper.count('"') >= 2 else info.paper  # 'Authors, "Title", venue'
+        extras = [f"--backbone {'|'.join(info.backbones)}"] if info.backbones else []
+        extras += ["--aux-loss"] * info.aux_loss + ["--pretrained-backbone"] * info.pretrained_backbone
+        print(f"{name:13} {title[:72]}" + (f"\n{'':13} {' '.join(extras)}" if extras else ""))
     return 0
 
 
