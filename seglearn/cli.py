@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seglearn.job import CLASS_WEIGHTS, OPTIMIZERS, JobError, TrainJob, check_device, one_line, size_pair
-from seglearn.names import DATASETS, DOWNLOADABLE
+from seglearn.names import DATASETS, DOWNLOADABLE, model_names
 
 if TYPE_CHECKING:  # torch is imported by the commands that run: --help and option errors answer at once
     import torch
@@ -28,6 +28,21 @@ JOB = {f.name: f.default for f in dataclasses.fields(TrainJob) if f.default is n
 
 class UsageError(Exception):
     """A mistake in the command line or its inputs: reported as ``seglearn: error: ...`` with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as the CLI's own: one ``seglearn: error: ...`` line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"seglearn: error: {message} (see {self.prog} --help)\n")
+
+
+def _model_name(value: str) -> str:
+    """``--model``: a registered name, checked while parsing (without importing torch: see seglearn.names)."""
+    names = model_names()
+    if value not in names:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of: {', '.join(names)}; `seglearn models` lists them")
+    return value
 
 
 def _model_args(pairs: Sequence[str]) -> dict[str, Any]:
@@ -269,7 +284,7 @@ def _data_args(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``seglearn`` argument parser. Building it imports neither torch nor the models: ``--model`` is checked
     against the registry by :class:`~seglearn.job.TrainJob`, and ``seglearn models`` lists the registered models."""
-    parser = argparse.ArgumentParser(prog="seglearn", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="seglearn", description=__doc__.split("\n\n")[0])
     commands = "{train,evaluate,predict,export,download,demo,models}"
     sub = parser.add_subparsers(dest="command", required=True, metavar=commands)
     _train_parser(sub.add_parser("train", help="train a model; under torchrun, data-parallel"), DATASETS)
@@ -280,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_parser(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
-    p.add_argument("--model", required=True, help="a registered model, e.g. unet (`seglearn models` lists them)")
+    p.add_argument("--model", required=True, type=_model_name, help="e.g. unet (`seglearn models` lists them)")
     _data_args(p, datasets)
     p.add_argument("--epochs", type=int, default=JOB["epochs"])
     p.add_argument(
