@@ -11,14 +11,14 @@ size and compares it with PyTorch.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import Tensor, nn
 
-from seglearn.atomic import remove_stale_temps
+from seglearn.atomic import write_file
 
 __all__ = ["OPSET", "export_onnx", "check_onnx"]
 
@@ -57,22 +57,20 @@ def export_onnx(
     net = _Logits(model).cpu().eval()
     x = torch.zeros(1, 3, *sample_size)
     dims = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
-    remove_stale_temps(path)  # left by an export that was killed
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(f: IO[bytes]) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings about Python ints in shape arithmetic, checked below
             torch.onnx.export(
-                net, (x,), tmp, input_names=["image"], output_names=["logits"], opset_version=opset,
+                net, (x,), f, input_names=["image"], output_names=["logits"], opset_version=opset,
                 dynamic_axes={"image": dims, "logits": dims}, dynamo=False,
             )  # fmt: skip
-        os.replace(tmp, path)
+
+    try:
+        write_file(path, write)  # atomic: a killed export leaves the previous file
     except Exception as err:
         hint = " (adaptive pooling: try dynamic_size=False)" if "adaptive" in str(err) else ""
         raise RuntimeError(f"ONNX export of {type(model).__name__} failed{hint}: {type(err).__name__}: {err}") from err
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
