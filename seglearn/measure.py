@@ -1,6 +1,6 @@
 """What one training step of a model costs: FLOPs, wall time and memory, on the device the model is on.
 
-Chapter 08 puts every model of the series through :func:`training_step_cost` to compare them on more than their
+Chapter 10 puts every model of the series through :func:`training_step_cost` to compare them on more than their
 scores. On a GPU the memory is CUDA's peak allocation during the step (weights, gradients and activations); on a
 CPU, where PyTorch keeps no allocator statistics, it is the bytes of the tensors autograd saves for the backward
 pass, the part of training memory that grows with the image.

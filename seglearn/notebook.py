@@ -102,6 +102,13 @@ def env_seconds(name: str, default: float) -> float:
     return value
 
 
+def env_names(name: str) -> list[str] | None:
+    """The comma-separated names in the environment variable ``name`` (``"unet, pspnet"``), None if unset or empty."""
+    raw = os.environ.get(name, "")
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    return names or None
+
+
 def _matplotlib_defaults() -> None:
     import matplotlib as mpl
 

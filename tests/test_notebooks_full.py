@@ -157,8 +157,8 @@ def full_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A fake CamVid under a data root, and a scratch copy of the notebooks' working folder."""
     base = tmp_path_factory.mktemp("full_smoke")
     _write_fake_camvid(base / "data" / "camvid")
-    # Chapters write runs/chapters/*.json relative to their folder and chapter 08 reads ../README.md: a scratch
-    # folder keeps these fake FULL records out of the checkout's notebooks/runs (which 08 shows as results).
+    # Chapters write runs/chapters/*.json relative to their folder and chapter 10 reads ../README.md: a scratch
+    # folder keeps these fake FULL records out of the checkout's notebooks/runs (which 10 shows as results).
     workdir = base / "notebooks"
     workdir.mkdir()
     shutil.copy(REPO_ROOT / "README.md", base / "README.md")
@@ -198,7 +198,7 @@ FULL_MARKERS = {
     "05_deeplabv3": ["DeepLabv3-resnet50", "val images at 360x480", "input (257, 257)"],
     "06_encnet": ["EncNet (FULL, resnet50)"],
     "07_upernet": ["UPerNet (FULL, resnet50, 512 ch)"],
-    "08_compare": ["val images at 360x480"],
+    "10_compare": ["val images at 360x480"],
 }
 
 
@@ -278,7 +278,7 @@ def _run_in_full_mode(
     return text
 
 
-# Chapter -> the runs/checkpoints/<name> folders its FULL training runs write (08's timed runs take none).
+# Chapter -> the runs/checkpoints/<name> folders its FULL training runs write (10's timed runs take none).
 CHECKPOINTED = {
     "00_data_and_metrics": ["00_tinyfcn"],
     "01_fcn": ["01_fcn"],
@@ -328,9 +328,10 @@ def _second_execution_resumes(path: Path, full_env: dict[str, Path]) -> None:
 
 
 # CI runs `pytest -n 2 --dist loadscope`, which keeps a class on one worker. The chapters that train several models
-# (03: two U-Nets, 08: all nine) take about as long as the other seven together, so two classes let two workers share
+# (03: two U-Nets, 10: all fifteen) take about as long as the other seven together, so two classes let two workers share
 # the module.
-MULTI_MODEL = {"03_unet", "08_compare"}
+MULTI_MODEL = {"03_unet", "10_compare"}
+COMPARED_IN_SMOKE = ("tinyfcn", "upernet")
 SINGLE = [p for p in NOTEBOOKS if p.stem not in MULTI_MODEL]
 MULTI = [p for p in NOTEBOOKS if p.stem in MULTI_MODEL]
 
@@ -347,11 +348,15 @@ class TestSingleModelChapters:
 class TestMultiModelChapters:
     @pytest.mark.parametrize("path", MULTI, ids=[p.stem for p in MULTI])
     def test_runs_in_full_mode(self, path: Path, full_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-        # 08's FULL budget (600 s per model, ~90 min) can be cut with SEGLEARN_COMPARE_BUDGET_S
-        budget = {"SEGLEARN_COMPARE_BUDGET_S": "7"} if path.stem == "08_compare" else {}
-        text = _run_in_full_mode(path, full_env, monkeypatch, **budget)
-        if budget:
+        # 10's FULL budget (600 s per model) is cut with SEGLEARN_COMPARE_BUDGET_S, and its roster with
+        # SEGLEARN_COMPARE_MODELS: one plain model and one with an auxiliary head run every cell of the comparison
+        # (each model's own FULL configuration is smoke-run by its chapter above)
+        compare = {"SEGLEARN_COMPARE_BUDGET_S": "7", "SEGLEARN_COMPARE_MODELS": ",".join(COMPARED_IN_SMOKE)}
+        extra = compare if path.stem == "10_compare" else {}
+        text = _run_in_full_mode(path, full_env, monkeypatch, **extra)
+        if extra:
             assert "training budget: 7 s per model (FULL)" in text
+            assert "compared:   tinyfcn(), upernet(backbone=resnet50) + aux head" in text
             log = full_env["workdir"] / f"{path.stem}.smoke.jsonl"
             fits = [json.loads(line) for line in log.read_text().splitlines() if '"fit"' in line]
-            assert len(fits) == 9 and {f["time_budget_s"] for f in fits} == {7.0}, fits
+            assert len(fits) == len(COMPARED_IN_SMOKE) and {f["time_budget_s"] for f in fits} == {7.0}, fits

@@ -23,7 +23,7 @@ from seglearn.models import (
     registry,
 )
 
-CHAPTER_08 = ["tinyfcn", "fcn8s", "fcn", "segnet", "unet", "deeplabv1", "deeplabv3", "encnet", "upernet"]
+COMPARED = ["tinyfcn", "fcn8s", "fcn", "segnet", "unet", "deeplabv1", "deeplabv3", "encnet", "upernet"]
 # The rows of the README's FULL table, in its order (the former benchmarks/full_results.py roster).
 FULL_ROWS = ["tinyfcn", "fcn8s", "fcn-r50", "segnet", "segnet-basic", "unet", "unet-mfb", "deeplabv1", "deeplabv3",
              "encnet", "upernet"]  # fmt: skip
@@ -76,7 +76,7 @@ def test_a_registered_toy_model_appears_everywhere(toy, capsys):
     assert "toynet" in list_models() and list_models() == sorted(list_models()) == model_names()
     assert parse_train_job(["train", "--model", "toynet"]).model == "toynet"  # TrainJob checks --model
     assert main(["models"]) == 0 and "toynet" in capsys.readouterr().out
-    assert [info.name for info in comparison_roster()] == [*CHAPTER_08, "toynet"]  # chapter 99: last
+    assert [info.name for info in comparison_roster()] == [*COMPARED, "toynet"]  # chapter 99: last
     assert full_recipes()[-1] == (toy, toy.full[0])
     model = create_model("toynet", 3, **toy.quick.model_kwargs)
     assert model(torch.randn(2, 3, 16, 24))["out"].shape == (2, 3, 16, 24)
@@ -95,13 +95,27 @@ def test_registering_a_name_twice_or_a_capability_the_builder_lacks_fails(toy):
 
 
 def test_comparison_roster_and_full_rows_are_the_chapters():
-    assert [info.name for info in comparison_roster()] == CHAPTER_08
+    assert [info.name for info in comparison_roster()] == COMPARED
     assert [recipe.row for _, recipe in full_recipes()] == FULL_ROWS
     for _, recipe in full_recipes():
         assert recipe.crop == (360, 480) and recipe.batch_size == 8  # the FULL table's common options
     for info in comparison_roster():
         assert info.quick is not None and info.quick.row is None and info.full and info.paper and info.chapter
         assert info.url.startswith("https://arxiv.org/abs/") or info.name == "tinyfcn"
+
+
+def test_the_comparison_can_be_cut_to_named_models(monkeypatch):
+    from seglearn.notebook import env_names
+
+    assert [info.name for info in comparison_roster(["UNet", "tinyfcn"])] == ["tinyfcn", "unet"]  # roster order
+    with pytest.raises(ValueError, match="not in the comparison roster: fcn32s; choose from: tinyfcn, fcn8s"):
+        comparison_roster(["unet", "fcn32s"])
+    with pytest.raises(ValueError, match="no names given"):
+        comparison_roster([])
+    monkeypatch.setenv("SEGLEARN_COMPARE_MODELS", " unet, pspnet ,")
+    assert env_names("SEGLEARN_COMPARE_MODELS") == ["unet", "pspnet"]
+    monkeypatch.setenv("SEGLEARN_COMPARE_MODELS", " ")
+    assert env_names("SEGLEARN_COMPARE_MODELS") is None
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -3,7 +3,7 @@
 
 Importing this package imports every model module so that their ``@register_model`` builders are registered.
 Adding a model is its file here (modules + a builder under ``@register_model(name, paper=..., quick=..., full=...)``),
-its name in the import line below, and its test; the CLI, torch.hub, chapter 08 and the benchmarks read the registry.
+its name in the import line below, and its test; the CLI, torch.hub, chapter 10 and the benchmarks read the registry.
 """
 
 from . import deeplabv1, deeplabv3, encnet, fcn, segnet, tinyfcn, unet, upernet  # noqa: F401  (registration)

@@ -2,7 +2,7 @@
 
 ``@register_model("unet", paper=..., quick=Recipe(...), full=(Recipe(...),))`` on a builder ``fn(num_classes, **kw)``
 records a :class:`ModelInfo`. :func:`create_model` checks every option against it before building, so an unsupported
-option is the same ``ValueError`` for every model; chapter 08, the CLI and the benchmarks read rosters and recipes
+option is the same ``ValueError`` for every model; chapter 10, the CLI and the benchmarks read rosters and recipes
 from here (:func:`comparison_roster`, :func:`full_recipes`, :func:`model_info`).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +107,7 @@ def register_model(
             model has one fixed encoder and ``backbone=`` is refused.
         quick: the small variant QUICK mode trains (``model_kwargs``) and its QUICK recipe.
         full: the FULL recipes, one per results-table row; ``full[0]`` is the chapter's.
-        compare: the model is in the comparison roster (chapter 08, benchmarks).
+        compare: the model is in the comparison roster (chapter 10, benchmarks).
     """
     key = name.lower()
 
@@ -149,9 +149,23 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def comparison_roster() -> list[ModelInfo]:
-    """The models compared side by side (``compare=True``), in chapter order, then registration order."""
-    return [info for info in _in_chapter_order() if info.compare]
+def comparison_roster(names: Sequence[str] | None = None) -> list[ModelInfo]:
+    """The models compared side by side (``compare=True``), in chapter order, then registration order.
+
+    ``names`` keeps only those models (still in roster order), e.g. ``["unet", "pspnet"]`` to compare a few; a name
+    outside the roster is a ValueError listing the roster.
+    """
+    roster = [info for info in _in_chapter_order() if info.compare]
+    if names is None:
+        return roster
+    wanted = [n.lower() for n in names]
+    unknown = [n for n in wanted if n not in {info.name for info in roster}]
+    if unknown or not wanted:
+        raise ValueError(
+            f"not in the comparison roster: {', '.join(unknown) or '(no names given)'}; choose from: "
+            f"{', '.join(info.name for info in roster)}"
+        )
+    return [info for info in roster if info.name in wanted]
 
 
 def full_recipes() -> list[tuple[ModelInfo, Recipe]]:
