@@ -313,7 +313,8 @@ def _train_parser(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
     p.add_argument("--scale", type=float, nargs=2, default=JOB["scale"], metavar=("MIN", "MAX"),
                    help="random rescale range of training images before the crop (default: 0.5 2.0)")  # fmt: skip
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=JOB["class_weights"],
-                   help="median: SegNet's median-frequency loss weights, counted on the train split")  # fmt: skip
+                   help="median: SegNet's median-frequency loss weights; enet: ENet's 1/ln(1.02 + p); counted on the "
+                        "train split")  # fmt: skip
     p.add_argument(
         "--val-every", type=int, default=JOB["val_every"], metavar="N", help="validate every N epochs (and at the end)"
     )

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # torch and numpy are imported by the functions that train: a
 
 MODEL_FILE = "model.pt"
 OPTIMIZERS = ("sgd", "adamw")
-CLASS_WEIGHTS = ("none", "median")
+CLASS_WEIGHTS = ("none", "median", "enet")
 
 
 class JobError(ValueError):
@@ -283,10 +283,10 @@ def run_train_job(job: TrainJob, quiet: bool = False) -> TrainResult:
     model = _build_model(job, train_set.num_classes, info)
     net = D.unwrap_model(model)
     loss = None
-    if job.class_weights == "median":  # SegNet's median-frequency balancing, counted on the train split
+    if job.class_weights != "none":  # SegNet's median-frequency or ENet's weights, counted on the train split
         from seglearn.losses import SegLoss
 
-        loss = SegLoss(class_weights=train_set.class_weights())
+        loss = SegLoss(class_weights=train_set.class_weights(job.class_weights))
     # What must not change when --resume continues this run (fit adds lr, optimizer and its schedule).
     recipe = {"model": job.model, "model_kwargs": job.model_kwargs, "dataset": job.dataset, "crop": list(job.crop),
               "batch_size": job.batch_size, "class_weights": job.class_weights}  # fmt: skip

@@ -118,3 +118,17 @@ def test_synthetic_scenes_give_median_frequency_class_weights():
     expected = np.zeros_like(freq)
     expected[present] = np.median(freq[present]) / freq[present]
     np.testing.assert_allclose(ds.class_weights().numpy(), expected, rtol=1e-6)
+
+
+def test_synthetic_scenes_give_enets_class_weights():
+    # ENet (arXiv:1606.02147, §5.2): w_class = 1 / ln(c + p_class), c = 1.02, p the class's share of labelled pixels
+    ds = SyntheticScenes(6, size=(48, 64), seed=3)
+    masks = np.stack([ds.draw(i)[1] for i in range(len(ds))])
+    labelled = masks[masks != ds.ignore_index]
+    share = np.array([(labelled == c).mean() for c in range(ds.num_classes)])
+    expected = np.where(share > 0, 1 / np.log(1.02 + share), 0.0)
+    weights = ds.class_weights("enet").numpy()
+    np.testing.assert_allclose(weights, expected, rtol=1e-6)
+    assert weights.max() <= 1 / np.log(1.02) and weights[share > 0].min() >= 1 / np.log(2.02)  # bounded, unlike 1/p
+    with pytest.raises(ValueError, match="'median' or 'enet'"):
+        ds.class_weights("inverse")

@@ -186,17 +186,27 @@ class ClassStatistics:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(image_pixels > 0, class_pixels / np.maximum(image_pixels, 1), 0.0)
 
-    def class_weights(self) -> torch.Tensor:
-        """Median frequency balancing (SegNet, arXiv:1511.00561): median(freq) / freq(c), float32 (num_classes,).
+    def class_weights(self, method: str = "median") -> torch.Tensor:
+        """Per-class loss weights counted on this split, float32 (num_classes,).
 
+        ``"median"``: median frequency balancing (SegNet, arXiv:1511.00561), median(freq) / freq(c).
+        ``"enet"``: ENet's weighting (arXiv:1606.02147, §5.2), 1 / ln(1.02 + p(c)) with p(c) the class's share of all
+        labelled pixels: bounded by 1 / ln(1.02) = 50.5 for a class that is almost absent.
         Classes that never occur get weight 0 (they cannot contribute to the loss anyway).
         """
+        if method not in ("median", "enet"):
+            raise ValueError(f"class weights method must be 'median' or 'enet', got {method!r}")
         freq = self.class_frequencies()
         present = freq > 0
         if not present.any():
             raise ValueError(f"{type(self).__name__}: no labelled pixels in any mask, cannot compute class weights")
         weights = np.zeros_like(freq)
-        weights[present] = np.median(freq[present]) / freq[present]
+        if method == "median":
+            weights[present] = np.median(freq[present]) / freq[present]
+        else:
+            class_pixels, _ = self.class_pixel_stats()
+            share = class_pixels / class_pixels.sum()
+            weights[present] = 1.0 / np.log(1.02 + share[present])
         return torch.tensor(weights, dtype=torch.float32)
 
 

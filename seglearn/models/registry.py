@@ -30,7 +30,7 @@ class Recipe:
     weight_decay: float = 1e-4
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)  # create_model keywords (backbone=..., ...)
     aux_loss: bool = False
-    class_weights: str | None = None  # None | "median" (median-frequency balancing)
+    class_weights: str | None = None  # None | "median" (median-frequency balancing) | "enet" (1 / ln(1.02 + p))
     crop: tuple[int, int] = (360, 480)
     batch_size: int = 8
     row: str | None = None  # FULL recipes: the results-table row ("fcn-r50"); None for QUICK
@@ -39,8 +39,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"Recipe optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.class_weights not in (None, "median"):
-            raise ValueError(f"Recipe class_weights must be None or 'median', got {self.class_weights!r}")
+        if self.class_weights not in (None, "median", "enet"):
+            raise ValueError(f"Recipe class_weights must be None, 'median' or 'enet', got {self.class_weights!r}")
         # A private copy: a recipe must not change when the dict it was built from does.
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
         object.__setattr__(self, "crop", tuple(self.crop))
