@@ -34,21 +34,34 @@ def presence_targets(masks: Tensor, num_classes: int, ignore_index: int = 255) -
     return present[:, :num_classes]
 
 
+def _resize_labels(target: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """(N, H, W) labels -> (N, h, w) by nearest neighbour: every output pixel keeps one real label (or the void)."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    return F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+
+
 class SegLoss(nn.Module):
-    """Cross-entropy with ``ignore_index`` on ``"out"``, + ``aux_weight`` x CE on ``"aux"``, + ``se_weight`` x SE-loss.
+    """Cross-entropy with ``ignore_index`` on ``"out"``, + ``aux_weight`` x CE on ``"aux"``, + ``se_weight`` x SE-loss,
+    + ``side_weight`` x the CE of every deep-supervision output in ``"side"``.
 
     The SE-loss is binary cross-entropy of the ``"se"`` class-presence logits (N, C) against
     ``presence_targets(target)``, from "Context Encoding for Semantic Segmentation" (Zhang et al., CVPR 2018,
     https://arxiv.org/abs/1803.08904), weight 0.2 as there; the auxiliary weight 0.4 is PSPNet's and EncNet's
-    ("Pyramid Scene Parsing Network", https://arxiv.org/abs/1612.01105).
+    ("Pyramid Scene Parsing Network", https://arxiv.org/abs/1612.01105). ``"side"`` is a list of stage predictions at
+    their own, coarser resolutions (G-FRNet's coarse-to-fine outputs): each is scored against the target resized to its
+    size by nearest neighbour (so labels stay labels and void stays void), and the stage losses are summed, as G-FRNet
+    ("Gated Feedback Refinement Network for Dense Image Labeling", Islam et al., CVPR 2017) trains every stage.
 
     Args:
         ignore_index: target value that contributes nothing (VOC boundaries, CamVid void).
         aux_weight: weight of the auxiliary head's CE (used only when the output has ``"aux"``).
         se_weight: weight of the SE-loss (used only when the output has ``"se"``).
+        side_weight: weight of each stage loss in ``"side"`` (used only when the output has it).
         class_weights: optional (C,) per-class CE weights (e.g. SegNet's median frequency balancing).
 
-    Shapes: ``output`` a dict with ``"out"`` (N, C, H, W) [, ``"aux"`` (N, C, H, W), ``"se"`` (N, C)] or a bare
+    Shapes: ``output`` a dict with ``"out"`` (N, C, H, W) [, ``"aux"`` (N, C, H, W), ``"se"`` (N, C), ``"side"``
+    [(N, C, h_i, w_i), ...]] or a bare
     logits tensor; ``target`` (N, H, W) long -> scalar. A batch whose pixels are all ignored gives 0, not NaN.
     """
 
@@ -57,12 +70,14 @@ class SegLoss(nn.Module):
         ignore_index: int = 255,
         aux_weight: float = 0.4,
         se_weight: float = 0.2,
+        side_weight: float = 1.0,
         class_weights: Tensor | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.ignore_index = int(ignore_index)
         self.aux_weight = float(aux_weight)
         self.se_weight = float(se_weight)
+        self.side_weight = float(side_weight)
         weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         if weights is not None and (weights.dim() != 1 or (weights < 0).any()):
             raise ValueError(f"class_weights must be a 1-D sequence of C non-negative numbers, got {weights}")
@@ -108,15 +123,18 @@ class SegLoss(nn.Module):
             terms["aux"] = self.cross_entropy(output["aux"], target)
         if "se" in output and self.se_weight:
             terms["se"] = self.se_loss(output["se"], target)
+        if "side" in output and self.side_weight:
+            terms["side"] = sum(self.cross_entropy(s, _resize_labels(target, s.shape[-2:])) for s in output["side"])
         return terms
 
     def forward(self, output: Tensor | dict[str, Tensor], target: Tensor) -> Tensor:
-        weights = {"out": 1.0, "aux": self.aux_weight, "se": self.se_weight}
+        weights = {"out": 1.0, "aux": self.aux_weight, "se": self.se_weight, "side": self.side_weight}
         return sum(weights[name] * value for name, value in self.terms(output, target).items())
 
     def extra_repr(self) -> str:
         weighted = self.class_weights is not None
         return (
             f"ignore_index={self.ignore_index}, aux_weight={self.aux_weight}, se_weight={self.se_weight}, "
+            f"side_weight={self.side_weight}, "
             f"class_weights={'(C,)' if weighted else None}"
         )

@@ -160,3 +160,23 @@ def test_cuda_logits_with_cpu_weights_and_target(batch):
     gpu = SegLoss(class_weights=w)({"out": out.cuda(), "aux": aux.cuda(), "se": se.cuda()}, target)
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+def test_side_outputs_are_scored_at_their_own_resolution_and_summed():
+    # G-FRNet's deep supervision: each stage prediction against the target nearest-resized to the stage's size
+    torch.manual_seed(0)
+    target = torch.randint(0, 4, (2, 16, 24))
+    target[:, :4] = 255
+    out = torch.randn(2, 4, 16, 24)
+    sides = [torch.randn(2, 4, 4, 6, requires_grad=True), torch.randn(2, 4, 8, 12, requires_grad=True)]
+    loss = SegLoss(side_weight=0.5)
+    terms = loss.terms({"out": out, "side": sides}, target)
+    small = [F.interpolate(target[:, None].float(), size=s.shape[-2:], mode="nearest")[:, 0].long() for s in sides]
+    expected = sum(F.cross_entropy(s, t, ignore_index=255) for s, t in zip(sides, small, strict=True))
+    torch.testing.assert_close(terms["side"], expected)
+    assert set(small[0].unique().tolist()) <= {0, 1, 2, 3, 255}  # labels stay labels, void stays void
+    total = loss({"out": out, "side": sides}, target)
+    torch.testing.assert_close(total, terms["out"] + 0.5 * expected)
+    total.backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in sides)
+    assert "side" not in SegLoss(side_weight=0).terms({"out": out, "side": sides}, target)
