@@ -18,11 +18,13 @@ SMALL = {
     "deeplabv3": {"backbone": "resnet18"},
     "encnet": {"backbone": "resnet18"},
     "upernet": {"backbone": "resnet18", "channels": 64},
+    "pspnet": {"backbone": "resnet18", "channels": 32},
 }
 # What cannot export with a dynamic height and width, and why (each still exports at a fixed size, tested below).
 FIXED_SIZE = {
     "upernet": "pyramid pooling to 2x2/3x3/6x6 bins (adaptive average pooling) has no ONNX operator that sizes its "
     "windows at run time",
+    "pspnet": "the same pyramid pooling as upernet's",
 }
 # FCN-32s and FCN-16s are FCN-8s with fewer skips: each VGG16 FCN is a 540 MB graph, so only FCN-8s is exported.
 NOT_EXPORTED_HERE = {"fcn32s": "same graph as fcn8s minus skips", "fcn16s": "same graph as fcn8s minus a skip"}

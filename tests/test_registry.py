@@ -23,10 +23,11 @@ from seglearn.models import (
     registry,
 )
 
-COMPARED = ["tinyfcn", "fcn8s", "fcn", "segnet", "unet", "deeplabv1", "deeplabv3", "encnet", "upernet"]
+COMPARED = ["tinyfcn", "fcn8s", "fcn", "segnet", "unet", "deeplabv1", "deeplabv3", "encnet", "upernet",
+            "linknet", "pspnet"]  # fmt: skip
 # The rows of the README's FULL table, in its order (the former benchmarks/full_results.py roster).
 FULL_ROWS = ["tinyfcn", "fcn8s", "fcn-r50", "segnet", "segnet-basic", "unet", "unet-mfb", "deeplabv1", "deeplabv3",
-             "encnet", "upernet"]  # fmt: skip
+             "encnet", "upernet", "linknet", "pspnet"]  # fmt: skip
 
 
 class ToyEncoder(nn.Module):

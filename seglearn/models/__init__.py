@@ -6,7 +6,7 @@ Adding a model is its file here (modules + a builder under ``@register_model(nam
 its name in the import line below, and its test; the CLI, torch.hub, chapter 10 and the benchmarks read the registry.
 """
 
-from . import deeplabv1, deeplabv3, encnet, fcn, segnet, tinyfcn, unet, upernet  # noqa: F401  (registration)
+from . import deeplabv1, deeplabv3, encnet, fcn, linknet, pspnet, segnet, tinyfcn, unet, upernet  # noqa: F401  (registration)
 from .convert import from_torchvision
 from .registry import (
     ModelInfo,
