@@ -48,10 +48,11 @@ class SegLoss(nn.Module):
     The SE-loss is binary cross-entropy of the ``"se"`` class-presence logits (N, C) against
     ``presence_targets(target)``, from "Context Encoding for Semantic Segmentation" (Zhang et al., CVPR 2018,
     https://arxiv.org/abs/1803.08904), weight 0.2 as there; the auxiliary weight 0.4 is PSPNet's and EncNet's
-    ("Pyramid Scene Parsing Network", https://arxiv.org/abs/1612.01105). ``"side"`` is a list of stage predictions at
-    their own, coarser resolutions (G-FRNet's coarse-to-fine outputs): each is scored against the target resized to its
-    size by nearest neighbour (so labels stay labels and void stays void), and the stage losses are summed, as G-FRNet
-    ("Gated Feedback Refinement Network for Dense Image Labeling", Islam et al., CVPR 2017) trains every stage.
+    ("Pyramid Scene Parsing Network", https://arxiv.org/abs/1612.01105). ``"side"`` is a list of stage predictions
+    (G-FRNet's coarse-to-fine outputs), at the input's size or at their own coarser one: each is scored against the
+    target resized to its size by nearest neighbour (so labels stay labels and void stays void), and the stage losses
+    are summed, as G-FRNet ("Gated Feedback Refinement Network for Dense Image Labeling", Islam et al., CVPR 2017)
+    trains every stage.
 
     Args:
         ignore_index: target value that contributes nothing (VOC boundaries, CamVid void).

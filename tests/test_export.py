@@ -19,6 +19,9 @@ SMALL = {
     "encnet": {"backbone": "resnet18"},
     "upernet": {"backbone": "resnet18", "channels": 64},
     "pspnet": {"backbone": "resnet18", "channels": 32},
+    "refinenet": {"backbone": "resnet18", "channels": 16, "top_channels": 32},
+    "gfrnet": {"backbone": "vgg16_bn", "width": 8},
+    **{f"fcdensenet{n}": {"growth_rate": 4, "stem_channels": 8, "layers": (1,) * 11} for n in (56, 67, 103)},
 }
 # What cannot export with a dynamic height and width, and why (each still exports at a fixed size, tested below).
 FIXED_SIZE = {

@@ -6,7 +6,22 @@ Adding a model is its file here (modules + a builder under ``@register_model(nam
 its name in the import line below, and its test; the CLI, torch.hub, chapter 10 and the benchmarks read the registry.
 """
 
-from . import deeplabv1, deeplabv3, encnet, fcn, linknet, pspnet, segnet, tinyfcn, unet, upernet  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    deeplabv1,
+    deeplabv3,
+    encnet,
+    enet,
+    fcdensenet,
+    fcn,
+    gfrnet,
+    linknet,
+    pspnet,
+    refinenet,
+    segnet,
+    tinyfcn,
+    unet,
+    upernet,
+)
 from .convert import from_torchvision
 from .registry import (
     ModelInfo,
