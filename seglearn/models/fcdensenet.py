@@ -297,7 +297,7 @@ def fcdensenet67(
     paper=FCDENSENET_PAPER,
     url=FCDENSENET_URL,
     chapter="08_survey_encoder_decoder",
-    quick=Recipe(8, 1e-3, "adamw", model_kwargs=_QUICK_103, crop=(96, 128), batch_size=4,
+    quick=Recipe(5, 1e-3, "adamw", model_kwargs=_QUICK_103, crop=(96, 128), batch_size=4,
                  note="ch. 08 QUICK, blocks 2-2-4-6-8-10-8-6-4-2-2, growth rate 8, 16 stem maps"),
     full=(Recipe(150, 1e-3, "adamw", weight_decay=1e-4, row="fcdensenet103", note=_FULL_NOTE),),
     compare=True,

@@ -138,7 +138,7 @@ class LinkNetHead(nn.Module):
     chapter="08_survey_encoder_decoder",
     pretrained_backbone=True,
     backbones=LINKNET_BACKBONES,
-    quick=Recipe(8, 1e-3, "adamw", model_kwargs={"backbone": "resnet18"}, crop=(96, 128), batch_size=4,
+    quick=Recipe(6, 1e-3, "adamw", model_kwargs={"backbone": "resnet18"}, crop=(96, 128), batch_size=4,
                  note="ch. 08 QUICK: the paper's own ResNet-18 LinkNet (11.5 M parameters, cheap at 96x128)"),
     full=(
         Recipe(80, 5e-4, "adamw", class_weights="enet", row="linknet",
