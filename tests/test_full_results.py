@@ -71,7 +71,8 @@ def test_a_registered_model_with_a_full_recipe_is_a_row(full_bench, monkeypatch)
 @pytest.mark.parametrize(
     ("row", "chapter"),
     [("tinyfcn", "00"), ("fcn8s", "01"), ("segnet", "02"), ("unet", "03"), ("deeplabv1", "04"), ("deeplabv3", "05"),
-     ("encnet", "06"), ("upernet", "07")],
+     ("encnet", "06"), ("upernet", "07"), ("enet", "08"), ("fcdensenet103", "08"), ("linknet", "08"), ("gfrnet", "09"),
+     ("pspnet", "09"), ("refinenet", "09")],
 )  # fmt: skip
 def test_full_rows_train_what_their_chapter_trains(full_bench, row, chapter):
     # The executed FULL notebooks and the table must describe the same training: the chapter reads its recipe from

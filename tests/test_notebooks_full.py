@@ -198,6 +198,7 @@ FULL_MARKERS = {
     "05_deeplabv3": ["DeepLabv3-resnet50", "val images at 360x480", "input (257, 257)"],
     "06_encnet": ["EncNet (FULL, resnet50)"],
     "07_upernet": ["UPerNet (FULL, resnet50, 512 ch)"],
+    "09_survey_context": ["PSPNet (FULL, resnet50)", "RefineNet (FULL, resnet101)", "G-FRNet (FULL, vgg16_bn)"],
     "10_compare": ["val images at 360x480"],
 }
 
@@ -288,6 +289,8 @@ CHECKPOINTED = {
     "05_deeplabv3": ["05_deeplabv3"],
     "06_encnet": ["06_encnet"],
     "07_upernet": ["07_upernet"],
+    "08_survey_encoder_decoder": ["08_enet", "08_fcdensenet103", "08_linknet", "08_linknet_noskip"],
+    "09_survey_context": ["09_pspnet", "09_pspnet_noaux", "09_refinenet", "09_gfrnet"],
 }
 
 
@@ -304,6 +307,12 @@ CHAPTER_ROWS = {
     "05_deeplabv3": [("05_deeplabv3", "deeplabv3")],
     "06_encnet": [("06_encnet", "encnet")],
     "07_upernet": [("07_upernet", "upernet")],
+    "08_survey_encoder_decoder": [
+        ("08_enet", "enet"),
+        ("08_fcdensenet103", "fcdensenet103"),
+        ("08_linknet", "linknet"),
+    ],
+    "09_survey_context": [("09_pspnet", "pspnet"), ("09_refinenet", "refinenet"), ("09_gfrnet", "gfrnet")],
 }
 
 
@@ -328,9 +337,9 @@ def _second_execution_resumes(path: Path, full_env: dict[str, Path]) -> None:
 
 
 # CI runs `pytest -n 2 --dist loadscope`, which keeps a class on one worker. The chapters that train several models
-# (03: two U-Nets, 10: all fifteen) take about as long as the other seven together, so two classes let two workers share
-# the module.
-MULTI_MODEL = {"03_unet", "10_compare"}
+# (03: two U-Nets, 08 and 09: four runs each, 10: two models here) take about as long as the other seven together, so
+# two classes let two workers share the module.
+MULTI_MODEL = {"03_unet", "08_survey_encoder_decoder", "09_survey_context", "10_compare"}
 COMPARED_IN_SMOKE = ("tinyfcn", "upernet")
 SINGLE = [p for p in NOTEBOOKS if p.stem not in MULTI_MODEL]
 MULTI = [p for p in NOTEBOOKS if p.stem in MULTI_MODEL]

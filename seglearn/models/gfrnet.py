@@ -201,7 +201,7 @@ class GFRNet(SegmentationModel):
     chapter="09_survey_context",
     pretrained_backbone=True,
     backbones=("vgg16", "vgg16_bn"),
-    quick=Recipe(8, 1e-3, "adamw", model_kwargs={"backbone": "vgg16_bn", "width": 16, "dropout": 0.1},
+    quick=Recipe(5, 1e-3, "adamw", model_kwargs={"backbone": "vgg16_bn", "width": 16, "dropout": 0.1},
                  crop=(96, 128), batch_size=4,
                  note="ch. 09 QUICK: VGG16-BN layout at 1/4 width (16..128 channels, conv6/7 256) from scratch, "
                       "BatchNorm after every encoder conv (as the released model), dropout 0.1 (paper 0.5)"),

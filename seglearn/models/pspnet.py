@@ -56,7 +56,7 @@ class PSPHead(nn.Module):
     backbones=RESNET_BACKBONES,
     # QUICK at output stride 16: 0.78 GMAC per 96x128 image instead of 2.4 at the paper's 8 (layer4 at 1/8 is 16x
     # its cost at 1/32), so it trains on a CPU in the chapter's budget; the pyramid is the same.
-    quick=Recipe(8, 1e-3, "adamw", model_kwargs={"backbone": "resnet18", "channels": 64, "output_stride": 16},
+    quick=Recipe(5, 1e-3, "adamw", model_kwargs={"backbone": "resnet18", "channels": 64, "output_stride": 16},
                  aux_loss=True, crop=(96, 128), batch_size=4,
                  note="ch. 09 QUICK: ResNet-18 at output stride 16 (the paper: 8), 64 PPM channels"),
     full=(

@@ -179,7 +179,7 @@ class RefineNetHead(nn.Module):
     chapter="09_survey_context",
     pretrained_backbone=True,
     backbones=("resnet101", "resnet50", "resnet18", "resnet34"),
-    quick=Recipe(8, 1e-3, "adamw", model_kwargs={"backbone": "resnet18", "channels": 64, "top_channels": 128,
+    quick=Recipe(5, 1e-3, "adamw", model_kwargs={"backbone": "resnet18", "channels": 64, "top_channels": 128,
                                                  "dropout": 0.1},
                  crop=(96, 128), batch_size=4,
                  note="ch. 09 QUICK, ResNet-18, 64/128 decoder channels (paper 256/512), dropout 0.1 (paper 0.5)"),
