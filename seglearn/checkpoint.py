@@ -3,7 +3,8 @@
 Everything saved is plain (tensors, numbers, strings, lists, dicts), so ``torch.load(path, weights_only=True)`` reads
 a checkpoint without unpickling arbitrary objects. A checkpoint written by ``fit`` holds the keys ``epoch``,
 ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``history``, ``num_classes``, ``model_spec`` (what
-:func:`seglearn.load_model` rebuilds) and ``recipe`` (what must not change when the run is resumed).
+:func:`seglearn.load_model` rebuilds), ``recipe`` (what must not change when the run is resumed) and ``partial``
+(None, or the unfinished epoch of a run its time budget stopped: :class:`seglearn.partial.PartialEpoch`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from .atomic import write_file
 from .history import History
+from .partial import PartialEpoch
 from .seeding import capture_rng_state, restore_rng_state, unsaved_generators
 
 __all__ = [
@@ -216,7 +218,8 @@ def load_checkpoint(
 
 @dataclass
 class TrainingState:
-    """Everything a run needs to continue exactly after ``epoch`` completed epochs.
+    """Everything a run needs to continue exactly after ``epoch`` completed epochs (and ``partial``'s steps of the
+    next one, when a time budget stopped it mid-epoch).
 
     ``loader`` is the train loader: its torch generators and its dataset's random transforms are part of the state.
     ``model_spec`` says what to rebuild (``{"model", "num_classes", "model_kwargs"}`` for ``create_model``),
@@ -233,6 +236,7 @@ class TrainingState:
     num_classes: int | None = None
     model_spec: dict[str, Any] | None = None
     recipe: dict[str, Any] | None = None  # None: resume without comparing recipes
+    partial: PartialEpoch | None = None
 
     def __post_init__(self) -> None:
         check_plain(self.model_spec, "model_spec")  # refused now, not when the first checkpoint is read back
@@ -251,6 +255,7 @@ class TrainingState:
             "num_classes": self.num_classes,
             "model_spec": self.model_spec,
             "recipe": dict(self.recipe or {}),
+            "partial": self.partial.to_dict() if self.partial is not None else None,
         }
 
     def load(self, path: str | os.PathLike) -> None:
@@ -263,6 +268,7 @@ class TrainingState:
             raise ValueError(f"{err}: it cannot be resumed; delete it (or pick another checkpoint_dir)") from None
         self.history, self.epoch = History.from_dict(ckpt["history"]), int(ckpt["epoch"])
         self.num_classes = self.num_classes or ckpt.get("num_classes")
+        self.partial = PartialEpoch.from_dict(ckpt.get("partial"))
         restore_rng_state(ckpt["rng"], self.loader)
 
 

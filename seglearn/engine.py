@@ -1,8 +1,9 @@
-"""Training and inference: ``train_one_epoch``, ``evaluate``, ``predict``, and ``fit``, a short loop over them.
+"""Training: ``train_one_epoch``, and ``fit``, a short loop over it and ``evaluate``.
 
-Laid out as torchvision's ``references/segmentation/train.py``: one function trains an epoch, one scores a loader,
-and ``fit`` ties them to the poly schedule, checkpoints (:mod:`seglearn.checkpoint`), seeding
-(:mod:`seglearn.seeding`) and torch.distributed (:mod:`seglearn.distributed`).
+Laid out as torchvision's ``references/segmentation/train.py``: one function trains an epoch, one scores a loader
+(:mod:`seglearn.evaluation`, whose ``evaluate`` and ``predict`` are re-exported here), and ``fit`` ties them to the
+poly schedule, checkpoints (:mod:`seglearn.checkpoint`), seeding (:mod:`seglearn.seeding`), a time budget that
+stops at a step boundary (:mod:`seglearn.partial`) and torch.distributed (:mod:`seglearn.distributed`).
 """
 
 from __future__ import annotations
@@ -10,101 +11,87 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from . import distributed as D
 from .checkpoint import Checkpointer, TrainingState, check_finite
-from .checks import check_batch, check_labels, check_lr, check_scales, check_val_loader, input_channels, split_batch
+from .checks import check_batch, check_labels, check_lr, check_val_loader, input_channels, split_batch
+from .evaluation import _amp_dtype, _to_device, default_device, evaluate, predict
 from .history import History
 from .memory import peak_memory_mib, reset_peak_memory
-from .metrics import ConfusionMatrix, SegScores
-from .models import logits_of, resize_to
+from .models import logits_of
+from .partial import PartialEpoch, budget_stop, resumed_batches
 from .progress import LivePlot, in_notebook, progress_bar
 from .schedules import PolyLR, build_optimizer
-from .seeding import seed_everything, use_worker_seeding
+from .seeding import capture_rng_state, seed_everything, use_worker_seeding
 
 __all__ = ["fit", "train_one_epoch", "EpochStats", "evaluate", "predict", "default_device", "build_optimizer"]
-
-
-def default_device() -> torch.device:
-    """The fastest available device: CUDA, then Apple MPS, then the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    if not amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _to_device(images: Tensor, masks: Tensor, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    images = images.to(device, non_blocking=True, memory_format=fmt)
-    return images, masks.to(device, non_blocking=True).long()
-
-
-def _averaged_probs(net: nn.Module, x: Tensor, scales: Sequence[float], flip: bool) -> Tensor:
-    """Softmax (N, C, H, W) at ``x``'s size, averaged over input ``scales`` and, with ``flip``, horizontal flips."""
-    h, w = x.shape[-2:]
-    total: Tensor | None = None
-    for s in scales:
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        for flipped in (False, True) if flip else (False,):
-            logits = logits_of(net(xs.flip(-1) if flipped else xs)).float()
-            probs = resize_to(logits.flip(-1) if flipped else logits, (h, w)).softmax(1)
-            total = probs if total is None else total + probs
-    return total / (len(scales) * (2 if flip else 1))
 
 
 @dataclass(frozen=True)
 class EpochStats:
     """One epoch of :func:`train_one_epoch`: mean loss (weighted by batch size, over all ranks), images trained on
-    (all ranks), seconds in the loop (data loading included), the lr of its last step, the logits' channels."""
+    (all ranks), seconds in the loop (data loading included), the lr of its last step, the logits' channels; the
+    steps taken, whether the epoch ran to its end (False: ``stop()`` ended it) and the loss sum behind the mean."""
 
     loss: float
     images: int
     seconds: float
     lr: float
     num_classes: int
+    steps: int = 0
+    complete: bool = True
+    loss_sum: float = math.nan
+
+
+def _check_step_batch(images: Tensor, masks: Tensor, in_channels: int | None, bn_training: bool, where: str) -> None:
+    check_batch(images, masks, in_channels)
+    if bn_training and images.shape[0] == 1:
+        raise ValueError(
+            f"a batch of one image reached BatchNorm in training ({where}): "
+            "use batch_size > 1 and DataLoader(..., drop_last=True) so no final batch of one is left"
+        )
+
+
+def _optimizer_step(net: nn.Module, batch_loss: Tensor, optimizer: Any, scheduler: Any, scaler: Any,
+                    grad_clip: float | None) -> float:  # fmt: skip
+    """Backward through ``scaler``, optional clipping, the optimizer and scheduler steps; the lr the step used."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(batch_loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    lr_used = optimizer.param_groups[0]["lr"]
+    scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+    scaler.update()
+    if scheduler is not None:
+        scheduler.step()
+    return lr_used
 
 
 def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable,
-    loss: Callable[[Any, Tensor], Tensor],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any = None,
-    *,
-    device: torch.device,
-    scaler: torch.amp.GradScaler | None = None,
-    amp_dtype: torch.dtype | None = None,
-    grad_clip: float | None = None,
-    channels_last: bool = False,
-    progress: bool = False,
-    epoch: int = 0,
-    epochs: int = 1,
-) -> EpochStats:
+    model: nn.Module, loader: Iterable, loss: Callable[[Any, Tensor], Tensor], optimizer: torch.optim.Optimizer,
+    scheduler: Any = None, *, device: torch.device, scaler: torch.amp.GradScaler | None = None,
+    amp_dtype: torch.dtype | None = None, grad_clip: float | None = None, channels_last: bool = False,
+    progress: bool = False, epoch: int = 0, epochs: int = 1, start: PartialEpoch | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> EpochStats:  # fmt: skip
     """One pass over ``loader``: forward under autocast (``amp_dtype``), ``loss(output, masks)``, backward through
     ``scaler``, optional gradient clipping, an optimizer step and a ``scheduler`` step per batch.
 
-    ``epoch``/``epochs`` (0-based epoch) only label the progress bar and error messages. Raises ValueError for a
-    batch of one image reaching BatchNorm or for mask labels >= the logits' channels that are not the loss's
-    ``ignore_index`` (255 when the loss has none), naming the batch; FloatingPointError for a non-finite loss
-    (checked every step on a CPU, every 20th step elsewhere: each check is a host sync).
-    Under torch.distributed the loss and image counts are summed over ranks and rank 0's BatchNorm statistics are
-    copied to all.
+    ``epoch``/``epochs`` (0-based epoch) only label the progress bar and error messages. ``stop()`` is asked after
+    every step but the last; True ends the epoch there (``complete=False``). ``start`` continues an epoch that was
+    stopped so (:mod:`seglearn.partial`). Raises ValueError for a batch of one image reaching BatchNorm or for mask
+    labels >= the logits' channels that are not the loss's ``ignore_index`` (255 when the loss has none), naming
+    the batch; FloatingPointError for a non-finite loss (checked every step on a CPU, every 20th step elsewhere:
+    each check is a host sync). Under torch.distributed the loss and image counts are summed over ranks and rank
+    0's BatchNorm statistics are copied to all.
     """
     net = D.unwrap_model(model)
     model.train()
@@ -114,131 +101,46 @@ def train_one_epoch(
     check_every = 1 if device.type == "cpu" else 20
     ignore_index = int(getattr(loss, "ignore_index", 255))
     steps = len(loader) if hasattr(loader, "__len__") else None
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    seen, num_classes, lr_used, t0 = 0, 0, math.nan, time.perf_counter()
-    bar = progress_bar(loader, enabled=progress, desc=f"epoch {epoch + 1}/{epochs}", leave=False, total=steps)
-    for step, batch in enumerate(bar):
+    first = start.steps if start is not None else 0
+    carried = start is not None and D.get_rank() == 0  # the stopped run's sums are over all ranks: added once
+    loss_sum = torch.tensor(start.loss_sum if carried else 0.0, device=device, dtype=torch.float64)
+    seen, fresh, num_classes, t0 = start.images if carried else 0, 0, 0, time.perf_counter()
+    lr_used, step, complete = start.lr if start is not None else math.nan, first - 1, True
+    batches = resumed_batches(loader, start) if start is not None else loader
+    bar = progress_bar(batches, enabled=progress, desc=f"epoch {epoch + 1}/{epochs}", leave=False, total=steps,
+                       initial=first)  # fmt: skip
+    for step, batch in enumerate(bar, start=first):
+        where = f"epoch {epoch + 1}, step {step + 1}"
         images, masks = split_batch(batch)
-        check_batch(images, masks, in_channels)
-        if bn_training and images.shape[0] == 1:
-            raise ValueError(
-                f"a batch of one image reached BatchNorm in training (epoch {epoch + 1}, step {step + 1}): "
-                "use batch_size > 1 and DataLoader(..., drop_last=True) so no final batch of one is left"
-            )
+        _check_step_batch(images, masks, in_channels, bn_training, where)
         loader_masks = masks
         images, masks = _to_device(images, masks, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             output = model(images)
         num_classes = num_classes or int(logits_of(output).shape[1])
-        check_labels(loader_masks, num_classes, ignore_index, f"epoch {epoch + 1}, step {step + 1}")
+        check_labels(loader_masks, num_classes, ignore_index, where)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             batch_loss = loss(output, masks)
         if step % check_every == 0 or step + 1 == steps:
             value = float(batch_loss.detach())
             if D.any_rank(not math.isfinite(value), device):
-                raise FloatingPointError(
-                    f"loss is {value} at epoch {epoch + 1}, step {step + 1} (on some rank): lower lr or set grad_clip"
-                )
+                raise FloatingPointError(f"loss is {value} at {where} (on some rank): lower lr or set grad_clip")
             # refresh=False: shown at the bar's next throttled redraw. A forced refresh is one Jupyter widget
             # message per step, which can overflow the output queue that nbval reads only after the cell ends.
-            img_s = seen / (time.perf_counter() - t0 + 1e-9)
+            img_s = fresh / (time.perf_counter() - t0 + 1e-9)
             bar.set_postfix(loss=f"{value:.4f}", img_s=f"{img_s:.1f}", refresh=False)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(batch_loss).backward()
-        if grad_clip is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-        lr_used = optimizer.param_groups[0]["lr"]
-        scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
-        scaler.update()
-        if scheduler is not None:
-            scheduler.step()
+        lr_used = _optimizer_step(net, batch_loss, optimizer, scheduler, scaler, grad_clip)
         loss_sum += batch_loss.detach() * images.shape[0]
-        seen += images.shape[0]
+        seen, fresh = seen + images.shape[0], fresh + images.shape[0]
+        if stop is not None and step + 1 != steps and stop():
+            complete = False
+            break
     bar.close()
     D.broadcast_buffers(net)
     totals = D.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=device, dtype=torch.float64)]))
     mean = float(totals[0] / totals[1]) if totals[1] > 0 else math.nan  # a host sync: the epoch's work is done
-    return EpochStats(mean, int(totals[1]), time.perf_counter() - t0, float(lr_used), num_classes)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    num_classes: int | None,
-    device: str | torch.device | None = None,
-    ignore_index: int = 255,
-    *,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    amp: bool = True,
-    channels_last: bool = False,
-    progress: bool = False,
-) -> SegScores:
-    """Scores of ``model`` on every (image, mask) batch of ``loader``, from one dataset-wide confusion matrix.
-
-    ``scales``/``flip`` as :func:`predict`: the prediction is the argmax of the softmax averaged over the input
-    scales and, with ``flip``, horizontal flips (the default is the plain argmax of the logits).
-    ``num_classes=None`` takes the model's output channels. Under torch.distributed the matrices of all ranks are
-    summed before scoring (give each rank a disjoint shard, e.g. ``seglearn.distributed.eval_sampler``).
-    """
-    check_scales(scales)
-    net = D.unwrap_model(model)
-    device = torch.device(device) if device is not None else next(net.parameters()).device
-    net.to(device)
-    was_training = net.training
-    net.eval()
-    amp_dtype = _amp_dtype(device, amp)
-    in_channels = input_channels(net)
-    plain = tuple(scales) == (1.0,) and not flip
-    cm = ConfusionMatrix(num_classes, ignore_index, device=device) if num_classes is not None else None
-    batches = 0
-    try:
-        for batch in progress_bar(loader, enabled=progress and D.get_rank() == 0, desc="eval", leave=False):
-            images, masks = split_batch(batch)
-            check_batch(images, masks, in_channels)
-            images, masks = _to_device(images, masks, device, channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                scores = logits_of(net(images)) if plain else _averaged_probs(net, images, scales, flip)
-            if cm is None:
-                cm = ConfusionMatrix(scores.shape[1], ignore_index, device=device)
-            cm.update(scores.argmax(1), masks)
-            batches += 1
-    finally:
-        net.train(was_training)
-    total = D.all_reduce_sum(torch.tensor(float(batches), device=device))
-    if cm is None or float(total) == 0:  # scores of no images would be NaN
-        raise ValueError(
-            "the evaluation loader yielded no batches (an empty val split, or fewer images than batch_size with "
-            "drop_last=True?): pass a loader with images"
-        )
-    return cm.all_reduce().compute()
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: Tensor, scales: Sequence[float] = (1.0,), flip: bool = False) -> Tensor:
-    """Class probabilities (N, C, H, W), averaged over input ``scales`` and, with ``flip``, horizontal flips.
-
-    ``images``: normalized float (N, 3, H, W) or (3, H, W) (a batch of one). Each scale resizes the input
-    (bilinear), runs the model and resizes the logits back to (H, W) before the softmax; the result is on the
-    device of ``images``.
-    """
-    if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim not in (3, 4):
-        got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"predict expects a float tensor (N, 3, H, W) or (3, H, W), normalized; got {got}")
-    check_scales(scales)
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError("predict got images holding NaN or infinity: check how they were loaded and normalized")
-    x = images[None] if images.ndim == 3 else images
-    net = D.unwrap_model(model)
-    was_training = net.training
-    net.eval()
-    try:
-        probs = _averaged_probs(net, x.to(next(net.parameters()).device), scales, flip)
-    finally:
-        net.train(was_training)
-    return probs.to(images.device)
+    seconds = time.perf_counter() - t0 + (start.seconds if start is not None else 0.0)
+    return EpochStats(mean, int(totals[1]), seconds, float(lr_used), num_classes, step + 1, complete, float(totals[0]))
 
 
 def _recipe(opt: torch.optim.Optimizer, optimizer: Any, poly_power: float, warmup_iters: int, recipe: Any) -> dict:
@@ -269,14 +171,17 @@ def _checked_epoch(model: nn.Module, checkpoints: Checkpointer | None, *args: An
 
 
 def _resume(checkpoints: Checkpointer, state: TrainingState, epochs: int, steps: int) -> None:
-    """Continue from ``last.pt`` (when there is one); a run asking for fewer epochs than it holds is refused."""
+    """Continue from ``last.pt`` (when there is one); a run asking for fewer epochs than it holds is refused. A
+    time-budget stop's unfinished epoch is taken out of the history: the resumed run finishes it (PartialEpoch)."""
     if not checkpoints.restore(state):
         return
-    if state.epoch > epochs:
+    held = state.epoch + (state.partial is not None)  # an unfinished epoch already holds some of its steps
+    if held > epochs:
         raise ValueError(
-            f"{checkpoints.last} holds {state.epoch} epochs but epochs={epochs}: pass epochs >= {state.epoch} to "
+            f"{checkpoints.last} holds {held} epochs but epochs={epochs}: pass epochs >= {held} to "
             "continue that run, or pick another checkpoint_dir to train a shorter one"
         )
+    state.history.drop_partial()
     state.scheduler.total_iters = epochs * steps  # a resumed run may ask for more epochs
 
 
@@ -307,6 +212,26 @@ def _default_loss(loss: Callable | None, device: torch.device) -> Callable[[Any,
     return loss.to(device) if isinstance(loss, nn.Module) else loss
 
 
+def _record_epoch(
+    state: TrainingState, stats: EpochStats, epoch: int, epoch_rng: dict | None, val_loader: Iterable | None,
+    loss: Any, device: torch.device, **eval_kw: Any,
+) -> bool:  # fmt: skip
+    """Record a trained epoch in ``state`` (an unfinished one as ``state.partial``, to resume at its step) and
+    score ``val_loader`` when given; True at a new best validation."""
+    history = state.history
+    history.record_train(stats.loss, stats.images, stats.seconds, stats.lr)
+    state.num_classes = state.num_classes or stats.num_classes
+    if not stats.complete:  # the budget ran out mid-epoch: the run stops here, resumable at this step
+        state.partial = PartialEpoch(stats.steps, stats.loss_sum, stats.images, stats.seconds, stats.lr, epoch_rng,
+                                     capture_rng_state(state.loader))  # fmt: skip
+        history.partial_steps = stats.steps
+    if val_loader is None:
+        return False
+    ignore_index = int(getattr(loss, "ignore_index", 255))
+    scores = evaluate(D.unwrap_model(state.model), val_loader, state.num_classes, device, ignore_index, **eval_kw)
+    return history.record_val(epoch + 1, scores, partial=not stats.complete)
+
+
 def _show_epoch(bar: Any, plot: LivePlot | None, history: History) -> None:
     epoch = history.epochs
     miou = history.val[-1].miou if history.val_epochs[-1:] == [epoch] else None
@@ -334,9 +259,11 @@ def fit(
     ``model_spec`` is stored so that :func:`seglearn.load_model` can rebuild the model (default: the
     ``model.model_spec`` that ``create_model`` sets); ``recipe`` (plain values) is stored with the optimizer's and
     the schedule's settings, and resuming with any of them changed is refused (more epochs are allowed).
-    ``time_budget_s`` stops after the epoch in which the budget runs out. On CUDA it resets the device's peak-memory
-    counter first, so ``History.peak_memory_mib`` is this run's peak. When torch.distributed is initialized the
-    model is wrapped in DistributedDataParallel, loaders are sharded, and only rank 0 writes and shows progress.
+    ``time_budget_s`` (seconds from this call) stops after the first training step that ends past it, mid-epoch
+    too; the model is then validated once more, and ``resume=True`` finishes that epoch exactly. On CUDA it resets
+    the device's peak-memory counter first, so ``History.peak_memory_mib`` is this run's peak. When
+    torch.distributed is initialized the model is wrapped in DistributedDataParallel, loaders are sharded, and only
+    rank 0 writes and shows progress.
     """
     _check_fit_args(epochs, val_every, resume, checkpoint_dir, lr, optimizer, val_loader)
     if seed is not None:
@@ -366,27 +293,25 @@ def fit(
     show = progress and main
     plot = LivePlot(epochs) if main and (live_plot or (live_plot is None and progress and in_notebook())) else None
     reset_peak_memory(device)  # History.peak_memory_mib is this run's peak (on CUDA; a CPU has only the process's)
-    t_start = time.perf_counter()
     bar = progress_bar(range(state.epoch, epochs), enabled=show, desc="fit", unit="epoch", initial=state.epoch,
                        total=epochs)  # fmt: skip
+    stop = budget_stop(time_budget_s, device)
     for epoch in bar:
         t_epoch = time.perf_counter()
         D.set_sampler_epoch(train_loader, epoch)
+        start, state.partial = state.partial, None
+        epoch_rng = start.epoch_rng if start else capture_rng_state(train_loader) if stop else None
         stats = _checked_epoch(train_model, checkpoints, train_loader, loss, opt, sched, device=device, scaler=scaler,
                                amp_dtype=amp_dtype, grad_clip=grad_clip, channels_last=channels_last,
-                               progress=show, epoch=epoch, epochs=epochs)  # fmt: skip
-        history.record_train(stats.loss, stats.images, stats.seconds, stats.lr)
-        state.num_classes = state.num_classes or stats.num_classes
-        improved = False
-        if val_loader is not None and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs):
-            scores = evaluate(net, val_loader, state.num_classes, device, int(getattr(loss, "ignore_index", 255)),
-                              amp=amp, channels_last=channels_last)  # fmt: skip
-            improved = history.record_val(epoch + 1, scores)
-        out_of_time = time_budget_s is not None and time.perf_counter() - t_start >= time_budget_s
-        history.stopped_early = D.any_rank(out_of_time, device) and epoch + 1 < epochs
-        history.epoch_time.append(time.perf_counter() - t_epoch)
+                               progress=show, epoch=epoch, epochs=epochs, start=start, stop=stop)  # fmt: skip
+        due = (epoch + 1) % val_every == 0 or epoch + 1 == epochs
+        improved = _record_epoch(state, stats, epoch, epoch_rng, val_loader if due or not stats.complete else None,
+                                 loss, device, amp=amp, channels_last=channels_last)  # fmt: skip
+        out_of_time = not stats.complete or (stop is not None and stop())
+        history.stopped_early = out_of_time and (epoch + 1 < epochs or not stats.complete)
+        history.epoch_time.append(time.perf_counter() - t_epoch + (start.seconds if start else 0.0))
         history.record_memory(*peak_memory_mib(device))
-        state.epoch = epoch + 1
+        state.epoch = epoch + 1 if stats.complete else epoch  # completed epochs
         if checkpoints is not None:
             checkpoints.save(state, best=improved)
         _show_epoch(bar, plot, history)

@@ -45,6 +45,8 @@ class History:
         best_miou: best validation mIoU so far (NaN before any validation).
         best_epoch: the epoch that reached ``best_miou`` (0 before any validation).
         stopped_early: True when ``time_budget_s`` ended the run before ``epochs``.
+        partial_steps: steps of the last recorded epoch when the time budget stopped it midway (its entries and its
+            validation then describe an unfinished epoch, which never counts as best); 0 when every epoch finished.
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -59,10 +61,11 @@ class History:
     best_miou: float = math.nan
     best_epoch: int = 0
     stopped_early: bool = False
+    partial_steps: int = 0
 
     @property
     def epochs(self) -> int:
-        """Number of completed epochs."""
+        """Number of recorded epochs (the last one unfinished when ``partial_steps``)."""
         return len(self.train_loss)
 
     @property
@@ -90,14 +93,28 @@ class History:
         self.peak_memory_mib = peak_mib if math.isnan(self.peak_memory_mib) else max(self.peak_memory_mib, peak_mib)
         self.memory_kind = kind
 
-    def record_val(self, epoch: int, scores: SegScores) -> bool:
-        """Append a validation result; returns True when it is a new best mIoU (NaN never is)."""
+    def record_val(self, epoch: int, scores: SegScores, partial: bool = False) -> bool:
+        """Append a validation result; returns True when it is a new best mIoU (NaN never is, nor is the
+        validation of an unfinished epoch: ``best.pt`` holds finished epochs)."""
         self.val.append(scores)
         self.val_epochs.append(epoch)
-        improved = not math.isnan(scores.miou) and (math.isnan(self.best_miou) or scores.miou > self.best_miou)
+        improved = not partial and not math.isnan(scores.miou)
+        improved = improved and (math.isnan(self.best_miou) or scores.miou > self.best_miou)
         if improved:
             self.best_miou, self.best_epoch = float(scores.miou), epoch
         return improved
+
+    def drop_partial(self) -> None:
+        """Remove the unfinished last epoch (its training entries and its validation): a resumed run records the
+        whole epoch when it has finished it, so its history reads as an uninterrupted run's."""
+        if not self.partial_steps:
+            return
+        if self.val_epochs[-1:] == [self.epochs]:
+            self.val.pop()
+            self.val_epochs.pop()
+        for entries in (self.train_loss, self.train_images, self.train_time, self.lr, self.epoch_time):
+            entries.pop()
+        self.partial_steps, self.stopped_early = 0, False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists, numbers and tensors only, so ``torch.load(..., weights_only=True)`` reads it back."""
@@ -122,6 +139,7 @@ class History:
             "best_miou": float(self.best_miou),
             "best_epoch": int(self.best_epoch),
             "stopped_early": bool(self.stopped_early),
+            "partial_steps": int(self.partial_steps),
         }
 
     @classmethod
@@ -140,4 +158,5 @@ class History:
             best_miou=float(d.get("best_miou", math.nan)),
             best_epoch=int(d.get("best_epoch", 0)),
             stopped_early=bool(d.get("stopped_early", False)),
+            partial_steps=int(d.get("partial_steps", 0)),
         )

@@ -22,10 +22,17 @@ def in_notebook() -> bool:
 
 
 def progress_bar(iterable: Iterable, *, enabled: bool = True, **kwargs: Any) -> tqdm:
-    """``tqdm.auto.tqdm`` over ``iterable`` (a widget in Jupyter, text elsewhere); ``enabled=False`` hides it."""
+    """``tqdm.auto.tqdm`` over ``iterable`` (a widget in Jupyter, text elsewhere); ``enabled=False`` hides it.
+
+    The bar gets one iterator of ``iterable``: tqdm.auto's class calls ``iter()`` on an iterable in its constructor
+    and std tqdm iterates the iterable again, which for a DataLoader means two iterators per epoch (a second set
+    of worker processes prefetching batches nobody reads, and one more draw from the loader's generator).
+    """
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("mininterval", 0.5)  # redraws at most twice a second: few widget messages in Jupyter
-    return tqdm(iterable, disable=not enabled, **kwargs)
+    if kwargs.get("total") is None and hasattr(iterable, "__len__"):
+        kwargs["total"] = len(iterable)
+    return tqdm(iter(iterable), disable=not enabled, **kwargs)
 
 
 def _show_replacing(fig: Any) -> None:

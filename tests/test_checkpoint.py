@@ -61,7 +61,7 @@ def test_fit_checkpoint_loads_with_weights_only_and_holds_everything(fitted):
     d, model, spec = fitted
     state = torch.load(d / "last.pt", weights_only=True)
     keys = {"epoch", "model", "optimizer", "scheduler", "scaler", "rng", "history", "num_classes", "model_spec"}
-    assert set(state) == keys | {"recipe"}
+    assert set(state) == keys | {"recipe", "partial"} and state["partial"] is None
     assert state["epoch"] == 2 and state["num_classes"] == 2 and state["model_spec"] == spec
     assert state["recipe"] == {**RECIPE, "run": "fixture"}
     assert set(state["rng"]) >= {"torch", "cuda", "numpy", "python", "loader"}

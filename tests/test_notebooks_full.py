@@ -32,8 +32,9 @@ PALETTE = np.array(
     dtype=np.uint8,
 )  # fmt: skip
 
-# Runs first in every chapter. Each cap cuts how MUCH is computed, never the FULL shapes: frames stay 360x480, models
-# keep their paper configuration, and every cell of the chapter still runs.
+# Runs first in every chapter. Each cap cuts how MUCH is computed, never the FULL configuration: the datasets serve
+# 360x480 frames (the loaders' batches are halved to 180x240 on their way to fit and evaluate, a quarter of the
+# compute), models keep their paper configuration, and every cell of the chapter still runs.
 SMOKE_CELL = textwrap.dedent(
     """
     # FULL-mode smoke caps, injected by tests/test_notebooks_full.py (not part of the chapter).
@@ -50,7 +51,7 @@ SMOKE_CELL = textwrap.dedent(
     import seglearn.notebook
 
     _SMOKE_LOG = SMOKE_LOG_PATH  # a file, not cell output: fit's live plot clears the output of the cell it runs in
-    _SMOKE_BATCH, _SMOKE_TRAIN, _SMOKE_VAL = 2, 2, 2
+    _SMOKE_BATCH, _SMOKE_TRAIN, _SMOKE_VAL = 2, 2, 1  # a batch of 2: BatchNorm after a 1x1 pooled bin
     _loaders = seglearn.notebook.NotebookConfig.camvid_loaders
     _fit = seglearn.engine.fit
     _predict = seglearn.engine.predict
@@ -63,13 +64,25 @@ SMOKE_CELL = textwrap.dedent(
             f.write(json.dumps(record) + "\\n")
 
 
+    def _halved(collate):
+        # every 2nd row and column of the collated 360x480 batch: a quarter of the FLOPs of each training step and
+        # validation pass, at a size (180x240) that is no multiple of the output strides either
+        def collate_halved(samples):
+            images, masks, *rest = collate(samples)
+            return (images[..., ::2, ::2].contiguous(), masks[..., ::2, ::2].contiguous(), *rest)
+
+        return collate_halved
+
+
     def _cut(loader, n, shuffle):
-        # the chapter's own FULL dataset and transforms, only fewer images: one train batch, two val images
+        # the chapter's own FULL dataset and transforms, only fewer images (one train batch, one val image) and
+        # the batches halved; the loaders' report below reads the FULL sizes from the datasets themselves
         subset = Subset(loader.dataset, range(min(n, len(loader.dataset))))
         workers = loader.num_workers
         return DataLoader(subset, batch_size=min(loader.batch_size, _SMOKE_BATCH), shuffle=shuffle,
                           drop_last=False, num_workers=workers, pin_memory=loader.pin_memory,
-                          generator=loader.generator, persistent_workers=workers > 0)
+                          collate_fn=_halved(loader.collate_fn), generator=loader.generator,
+                          persistent_workers=workers > 0)
 
 
     @functools.wraps(_loaders)

@@ -105,11 +105,12 @@ def scenes():
     return train, val
 
 
-def _run(scenes, ckpt, epochs=3, resume=False, init_seed=0, **kw):
+def _run(scenes, ckpt, epochs=3, resume=False, init_seed=0, loader_kw=None, **kw):
     train, val = scenes
     torch.manual_seed(init_seed)
     model = create_model("tinyfcn", train.num_classes, width=8)
-    loader = DataLoader(train, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(9))
+    loader = DataLoader(train, batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(9),
+                        **(loader_kw or {}))  # fmt: skip
     h = fit(model, loader, DataLoader(val, batch_size=2), epochs=epochs, lr=0.05, seed=3, device="cpu",
             checkpoint_dir=ckpt, resume=resume, progress=False, **kw)  # fmt: skip
     return model, h
@@ -125,6 +126,95 @@ def test_stop_on_time_budget_then_resume_is_exact_with_augmentations(scenes, tmp
     assert [s.miou for s in h.val] == [s.miou for s in straight.val]
     for (k, a), b in zip(model.state_dict().items(), straight_model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def _step_clock(monkeypatch):
+    """The budget's clock reads 1, 2, 3, ... at its successive checks (one after every step but an epoch's last, one
+    after each epoch's validation): a budget of b stops at the first check that reads >= b."""
+    import seglearn.partial
+
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(seglearn.partial, "_clock", lambda: float(next(ticks)))
+
+
+def _run_on_step_clock(scenes, ckpt, monkeypatch, **kw):
+    _step_clock(monkeypatch)
+    return _run(scenes, ckpt, **kw)
+
+
+def test_time_budget_stops_at_the_first_step_past_it_mid_epoch(scenes, tmp_path, monkeypatch):
+    # 6 images in batches of 2: 3 steps an epoch. Checks: epoch 1 after steps 1, 2 (1, 2) and after it (3);
+    # epoch 2 after steps 1, 2 (4, 5). A budget of 4.5 runs out during epoch 2's second step.
+    _, h = _run_on_step_clock(scenes, tmp_path / "mid", monkeypatch, time_budget_s=4.5)
+    assert h.stopped_early and h.partial_steps == 2 and h.epochs == 2
+    assert h.train_images == [6, 4]  # one finished epoch, then two steps of the next
+    assert h.val_epochs == [1, 2] and h.best_epoch == 1  # the unfinished epoch is scored, never best
+    state = torch.load(tmp_path / "mid" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["partial"]["steps"] == 2 and state["scheduler"]["last_epoch"] == 5
+    best = torch.load(tmp_path / "mid" / "best.pt", weights_only=True)
+    assert best["epoch"] == 1 and best["partial"] is None
+    # at an epoch's last step the epoch finishes: the budget is checked after it, as before
+    _, h = _run_on_step_clock(scenes, tmp_path / "end", monkeypatch, time_budget_s=2.5)
+    assert h.stopped_early and h.partial_steps == 0 and h.epochs == 1 and h.train_images == [6]
+
+
+@pytest.mark.parametrize("budget", [0.5, 4.5], ids=["epoch1_step1", "epoch2_step2"])
+def test_resume_after_a_mid_epoch_budget_stop_is_exact(scenes, tmp_path, monkeypatch, budget):
+    straight_model, straight = _run(scenes, tmp_path / "straight")
+    _run_on_step_clock(scenes, tmp_path / "stopped", monkeypatch, time_budget_s=budget)
+    model, h = _run(scenes, tmp_path / "stopped", resume=True, init_seed=99)
+    assert h.epochs == 3 and not h.stopped_early and h.partial_steps == 0
+    assert h.train_loss == straight.train_loss and h.train_images == straight.train_images == [6, 6, 6]
+    assert h.lr == straight.lr and h.val_epochs == straight.val_epochs == [1, 2, 3]
+    assert [s.miou for s in h.val] == [s.miou for s in straight.val]
+    for (k, a), b in zip(model.state_dict().items(), straight_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_resume_mid_epoch_with_loader_workers_is_exact(scenes, tmp_path, monkeypatch):
+    # worker processes draw the augmentations: the replayed epoch must give them the same seeds
+    loader_kw = {"num_workers": 1}
+    straight_model, straight = _run(scenes, tmp_path / "straight", epochs=2, loader_kw=loader_kw)
+    _run_on_step_clock(scenes, tmp_path / "stopped", monkeypatch, epochs=2, time_budget_s=4.5, loader_kw=loader_kw)
+    model, h = _run(scenes, tmp_path / "stopped", epochs=2, resume=True, init_seed=99, loader_kw=loader_kw)
+    assert h.train_loss == straight.train_loss
+    for a, b in zip(model.state_dict().values(), straight_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_stopped_epoch_counts_towards_the_epochs_a_resume_may_ask_for(scenes, tmp_path, monkeypatch):
+    _run_on_step_clock(scenes, tmp_path, monkeypatch, time_budget_s=4.5)  # 1 epoch and 2 steps of the second
+    with pytest.raises(ValueError, match=r"holds 2 epochs but epochs=1: pass epochs >= 2"):
+        _run(scenes, tmp_path, epochs=1, resume=True)
+
+
+def test_a_loader_shorter_than_the_stopped_epoch_is_refused(scenes, tmp_path, monkeypatch):
+    _run_on_step_clock(scenes, tmp_path, monkeypatch, time_budget_s=1.5)  # stops after epoch 1's second step
+    train, val = scenes
+    model = create_model("tinyfcn", train.num_classes, width=8)
+    short = DataLoader(torch.utils.data.Subset(train, range(2)), batch_size=2, shuffle=True,
+                       generator=torch.Generator().manual_seed(9))  # fmt: skip
+    with pytest.raises(ValueError, match=r"stopped after 2 steps of an epoch, but the train loader now ends after 1"):
+        fit(model, short, epochs=3, lr=0.05, seed=3, device="cpu", checkpoint_dir=tmp_path, resume=True,
+            progress=False)  # fmt: skip
+
+
+def test_each_epoch_iterates_the_loader_once(scenes):
+    # tqdm.auto's bar calls iter() on what it wraps, and std tqdm iterates it again: given a DataLoader, that made a
+    # second iterator per epoch (worker processes prefetching for nothing, and a draw from the loader's generator)
+    train, val = scenes
+
+    class Counting(DataLoader):
+        iterators = 0
+
+        def __iter__(self):
+            Counting.iterators += 1
+            return super().__iter__()
+
+    model = create_model("tinyfcn", train.num_classes, width=8)
+    fit(model, Counting(train, batch_size=2), Counting(val, batch_size=2), epochs=2, lr=0.05, device="cpu",
+        progress=True)  # fmt: skip
+    assert Counting.iterators == 4  # two epochs, each: one train pass and one validation
 
 
 def test_resume_of_a_finished_run_returns_its_history_and_may_add_epochs(scenes, tmp_path):

@@ -1,0 +1,74 @@
+"""An epoch that ``fit``'s time budget stopped at a step boundary, and how a resumed run finishes it exactly.
+
+When ``time_budget_s`` runs out mid-epoch, ``fit`` stops after the step in progress and saves, beside the state at
+that step (weights, optimizer, schedule, every random generator), a :class:`PartialEpoch`: the steps done, the loss
+and image sums so far, and the random state the epoch *started* from. Resuming replays the loader from that start
+state (the same shuffle order, the same worker seeds), discards the batches already trained on, then puts back the
+random state of the stop, so the rest of the epoch draws what an uninterrupted run would have drawn. The replay
+costs the loading of the skipped batches, not their forward and backward passes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import distributed as D
+from .seeding import restore_rng_state
+
+__all__ = ["PartialEpoch", "resumed_batches", "budget_stop"]
+
+
+@dataclass
+class PartialEpoch:
+    """The unfinished epoch of a run stopped by its time budget (sums over all ranks)."""
+
+    steps: int  # batches already trained on
+    loss_sum: float  # sum of the batch losses times the batch sizes
+    images: int
+    seconds: float  # in the training loop so far
+    lr: float  # of the last step taken
+    epoch_rng: dict[str, Any]  # seeding.capture_rng_state(loader) when the epoch started
+    stop_rng: dict[str, Any]  # and when it stopped (before the validation that follows, which draws loader seeds)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a checkpoint (read back with ``weights_only=True``)."""
+        return {"steps": self.steps, "loss_sum": self.loss_sum, "images": self.images, "seconds": self.seconds,
+                "lr": self.lr, "epoch_rng": self.epoch_rng, "stop_rng": self.stop_rng}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> PartialEpoch | None:
+        return None if d is None else cls(**d)
+
+
+def resumed_batches(loader: Any, partial: PartialEpoch) -> Iterator[Any]:
+    """An iterator over ``loader`` positioned after ``partial.steps`` batches of the epoch ``partial`` started, with
+    the random state of the moment it stopped put back before it is returned."""
+    restore_rng_state(partial.epoch_rng, loader)
+    batches = iter(loader)
+    for done in range(partial.steps):
+        try:
+            next(batches)
+        except StopIteration:
+            raise ValueError(
+                f"the checkpoint stopped after {partial.steps} steps of an epoch, but the train loader now ends "
+                f"after {done}: build the loader as the run that wrote it did, or start a fresh checkpoint_dir"
+            ) from None
+    restore_rng_state(partial.stop_rng, loader)
+    return batches
+
+
+_clock = time.perf_counter  # a module attribute, so that a test can run a budget on a clock it advances
+
+
+def budget_stop(time_budget_s: float | None, device: torch.device) -> Callable[[], bool] | None:
+    """``stop()`` for :func:`seglearn.engine.train_one_epoch`: True once ``time_budget_s`` seconds have passed since
+    this call, on any rank (so all ranks stop after the same step); None without a budget."""
+    if time_budget_s is None:
+        return None
+    t_start = _clock()
+    return lambda: D.any_rank(_clock() - t_start >= time_budget_s, device)
