@@ -198,6 +198,8 @@ class NotebookConfig:
             check_recipe(saved, config, folder=folder)
             total = recipe.get("epochs")
             of = f"epoch {epoch} of {total}" if total is not None else f"epoch {epoch}"
+            steps = int((state.get("partial") or {}).get("steps", 0))  # a time budget stopped it mid-epoch
+            of += f", {steps} step{'s' * (steps != 1)} into epoch {epoch + 1}" if steps else ""
             print(f"resuming {name} from {last} ({of}); delete that folder to train from scratch")
         return {"checkpoint_dir": folder, "resume": last.is_file(), "recipe": config}
 

@@ -243,20 +243,20 @@ def test_full_runs_checkpoint_into_a_folder_named_after_the_run(full_cfg, capsys
 
 
 def test_rerunning_the_cell_resumes_and_ends_where_an_uninterrupted_run_ends(full_cfg, capsys):
-    # time_budget_s=0 stops after epoch 1 of 2: the state a disconnect after the first epoch leaves behind
+    # time_budget_s=0 stops after the first step (of 2 an epoch): the state a disconnect mid-epoch leaves behind
     _, stopped = _tiny_fit(full_cfg, budget=0, **full_cfg.checkpoints("tiny", **RECIPE))
-    assert stopped.epochs == 1 and stopped.stopped_early
+    assert stopped.epochs == 1 and stopped.partial_steps == 1 and stopped.stopped_early
 
     kwargs = full_cfg.checkpoints("tiny", **RECIPE)
     assert capsys.readouterr().out == (
-        f"resuming tiny from {Path('runs/checkpoints/tiny/last.pt')} (epoch 1 of 2); "
+        f"resuming tiny from {Path('runs/checkpoints/tiny/last.pt')} (epoch 0 of 2, 1 step into epoch 1); "
         "delete that folder to train from scratch\n"
     )
     assert kwargs["resume"] is True
     resumed_model, resumed = _tiny_fit(full_cfg, **kwargs)
     whole_model, whole = _tiny_fit(full_cfg)
-    assert resumed.epochs == whole.epochs == 2
-    assert resumed.epoch_time[0] == stopped.epoch_time[0]  # epoch 1 came from last.pt, not from training again
+    assert resumed.epochs == whole.epochs == 2 and resumed.partial_steps == 0
+    assert resumed.train_images == whole.train_images == [8, 8]  # epoch 1's first step came from last.pt
     np.testing.assert_allclose(resumed.train_loss, whole.train_loss, rtol=1e-6)
     assert resumed.val[-1].miou == pytest.approx(whole.val[-1].miou)
     for key, value in whole_model.state_dict().items():
