@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -37,8 +37,7 @@ class PartialEpoch:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for a checkpoint (read back with ``weights_only=True``)."""
-        return {"steps": self.steps, "loss_sum": self.loss_sum, "images": self.images, "seconds": self.seconds,
-                "lr": self.lr, "epoch_rng": self.epoch_rng, "stop_rng": self.stop_rng}  # fmt: skip
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # no deep copy of the RNG tensors
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> PartialEpoch | None:
