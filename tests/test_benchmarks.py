@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -211,3 +212,16 @@ def test_cpu_results_trains_the_registrys_small_variants(load_benchmark, shared_
     rows = bench.main(["--models", "tinyfcn", "--budget", "0.01", "--size", "32", "48", "--json", str(tmp_path / "r")])
     assert [r["model"] for r in rows] == ["tinyfcn"] and rows[0]["epochs"] == 1 and 0 <= rows[0]["miou"] <= 100
     assert "| tinyfcn | default |" in capsys.readouterr().out
+
+
+def test_cpu_budget_plans_epochs_from_the_step_time_and_stops_at_the_budget(load_benchmark, shared_camvid, tmp_path):
+    bench = load_benchmark("cpu_budget")
+    argv = ["--models", "unet16", "--crop", "32", "48", "--scale", "0.1", "--json", str(tmp_path / "rows.json")]
+    # A budget far shorter than one epoch: one planned epoch, stopped by fit's budget after its first step.
+    (row,) = bench.main([*argv, "--minutes", "0.0001"])
+    assert row["epochs_planned"] == 1 and row["steps"] == 1 and row["partial_steps"] == 1
+    assert 0 <= row["miou"] <= 100 and row["recipe"]["channels_last"] and row["params_m"] == pytest.approx(1.94, 0.01)
+    # Enough for a few epochs at this size: planned from the step time, never past the plan (the budget may cut it).
+    (row,) = bench.main([*argv, "--minutes", "0.2"])
+    assert row["epochs_planned"] >= 2 and 45 <= row["steps"] <= row["epochs_planned"] * 45
+    assert json.loads((tmp_path / "rows.json").read_text())[0]["steps"] == row["steps"]
