@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import time
 
@@ -26,6 +25,7 @@ from torch.utils.data import DataLoader
 
 import seglearn
 from seglearn import data
+from seglearn.atomic import write_json
 from seglearn.engine import evaluate
 from seglearn.models import count_parameters
 
@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"| {name} | {mine[0]['params_m']:.2f} | {len(mine)} | {mine[0]['steps']} | "
               f"{mine[0]['images_per_s']:.1f} | {mean:.1f} ± {spread:.1f} |")  # fmt: skip
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(args.json, rows)
     return rows
 
 

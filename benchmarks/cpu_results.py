@@ -10,7 +10,6 @@ It shows how far each design gets with little compute, not what it reaches; FULL
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 import seglearn
 from seglearn import data
+from seglearn.atomic import write_json
 from seglearn.models import ModelInfo, comparison_roster, count_parameters
 
 
@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"| {r['model']} | {cfg} | {r['params_m']:.2f} | {r['epochs']} | {r['wall_s']:.0f} | {r['miou']:.1f} "
               f"| {r['best_miou']:.1f} | {r['pixel_acc']:.1f} |")  # fmt: skip
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        write_json(args.json, rows)
     return rows
 
 
