@@ -69,7 +69,7 @@ def seconds_per_step(model: torch.nn.Module, loader: DataLoader, steps: int = 8)
 def run(name: str, args: argparse.Namespace, train: data.CamVid, val: data.CamVid, seed: int) -> dict:
     model_name, kwargs = CANDIDATES[name]
     torch.manual_seed(seed)
-    model = seglearn.create_model(model_name, 11, **kwargs)
+    model = seglearn.create_model(model_name, train.num_classes, **kwargs)
     loader = data.make_loader(train, batch_size=args.batch_size, train=True, workers=args.workers, seed=seed)
     start = time.perf_counter()
     step_s = seconds_per_step(model, loader)
@@ -83,7 +83,8 @@ def run(name: str, args: argparse.Namespace, train: data.CamVid, val: data.CamVi
         progress=False, live_plot=False,
     )  # fmt: skip
     train_s = time.perf_counter() - start
-    scores = evaluate(model, DataLoader(val, batch_size=4), 11, device="cpu", scales=(args.scale,), channels_last=True)
+    val_loader = data.make_loader(val, batch_size=4, train=False)
+    scores = evaluate(model, val_loader, train.num_classes, device="cpu", scales=(args.scale,), channels_last=True)
     steps = sum(history.train_images) // args.batch_size  # the last epoch may be one the budget stopped midway
     return {
         "candidate": name, "model": model_name, "config": kwargs, "seed": seed,
