@@ -1,126 +1,96 @@
 """Learning per CPU-minute: each candidate trained for the same wall-clock budget on real CamVid, scored on val.
 
-Every candidate gets the same treatment, the levers measured to help on a CPU (see the README's CPU table):
-CamVid train decoded once into memory (``preload``), random rescale around half resolution and crops of ``--crop``,
-NHWC memory layout (``channels_last``: 1.45x faster bare training steps for U-Net on a 2-core CPU, torch 2.15),
-AdamW with a short warm-up and a poly decay that ends about when the budget does: the number of epochs is set from
-the candidate's own measured step time, and ``fit``'s time budget is the hard stop.
-Val is scored on all 101 CamVid val frames at their full 360x480 labels, predicting at the training scale and
-upsampling the logits.
+Every candidate runs the train recipe ``cpu-15min`` (``seglearn.train_recipes``, what ``python -m seglearn train
+--recipe cpu-15min`` runs) with only the model changed: CamVid train decoded once into memory, random rescale
+around half resolution and 176x240 crops, NHWC memory layout, AdamW with a short warm-up and a poly decay planned
+after the first epoch to end when the budget does (``fit(plan_epochs=True)``), the budget the hard stop. Val is
+scored on all 101 CamVid val frames at their full 360x480 labels, predicted at half scale (logits upsampled).
 
-    python benchmarks/cpu_budget.py --minutes 15                      # the README's table (both cores, ~16 min each)
+    python benchmarks/cpu_budget.py                                  # the README's table (both cores, ~15 min each)
     python benchmarks/cpu_budget.py --minutes 2 --models unet16 enet  # a quick screen
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
-import time
+import tempfile
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-import seglearn
-from seglearn import data
 from seglearn.atomic import write_json
-from seglearn.engine import evaluate
+from seglearn.data import locate_dataset
+from seglearn.job import TrainJob, run_train_job
 from seglearn.models import count_parameters
+from seglearn.train_recipes import train_recipe
 
-# name -> (create_model name, keywords). The series' small models: what a CPU can train in minutes.
-CANDIDATES: dict[str, tuple[str, dict]] = {
-    "unet16": ("unet", {"base_channels": 16}),
-    "linknet-r18": ("linknet", {"backbone": "resnet18"}),
-    "enet": ("enet", {}),
+RECIPE = "cpu-15min"
+# name -> the recipe's values it changes. The series' small models: what a CPU can train in minutes.
+CANDIDATES: dict[str, dict] = {
+    "unet16": {"model": "unet", "backbone": None, "model_args": {"base_channels": 16}},
+    "linknet-r18": {},  # the recipe's own model
+    "enet": {"model": "enet", "backbone": None},
 }
 
 
-def camvid_sets(crop: tuple[int, int], scale: float) -> tuple[data.CamVid, data.CamVid]:
-    """Preloaded CamVid train (random rescale by ``scale`` x [0.8, 1.25], crop) and val at full resolution."""
-    root = data.locate_dataset("camvid")
-    if root is None:
-        raise SystemExit("real CamVid not found: run `python -m seglearn download camvid` or set SEGLEARN_DATA")
-    tf = data.train_transforms(crop, scale=(0.8 * scale, 1.25 * scale))
-    train = data.CamVid(root, "train", transforms=tf, preload=True)
-    val = data.CamVid(root, "val", transforms=data.eval_transforms(), preload=True)
-    return train, val
-
-
-def seconds_per_step(model: torch.nn.Module, loader: DataLoader, steps: int = 8) -> float:
-    """Median wall time of one AdamW training step of a copy of ``model`` on batches of ``loader``, loading included
-    (after two warm-up steps); the copy keeps the candidate's own weights untouched."""
-    net = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), 1e-3)
-    times = []
-    start = time.perf_counter()
-    for i, (x, y) in zip(range(steps + 2), loader, strict=False):
-        out = net(x.contiguous(memory_format=torch.channels_last))["out"]
-        F.cross_entropy(out, y, ignore_index=255).backward()
-        opt.step()
-        opt.zero_grad()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-    return sorted(times)[len(times) // 2]
-
-
-def run(name: str, args: argparse.Namespace, train: data.CamVid, val: data.CamVid, seed: int) -> dict:
-    model_name, kwargs = CANDIDATES[name]
-    torch.manual_seed(seed)
-    model = seglearn.create_model(model_name, train.num_classes, **kwargs)
-    loader = data.make_loader(train, batch_size=args.batch_size, train=True, workers=args.workers, seed=seed)
-    start = time.perf_counter()
-    step_s = seconds_per_step(model, loader)
-    budget = max(0.0, args.minutes * 60 - (time.perf_counter() - start))  # the calibration is part of the budget
-    # Nearest, not floor: a floor left up to an epoch of the budget unused; fit's budget cuts a last epoch that
-    # runs over, by then at a learning rate near zero.
-    epochs = max(1, round(budget / step_s / len(loader)))
-    history = seglearn.fit(
-        model, loader, None, epochs=epochs, lr=args.lr, optimizer="adamw", weight_decay=1e-4, seed=seed,
-        device="cpu", time_budget_s=budget, warmup_iters=min(100, epochs * len(loader) // 20), channels_last=True,
-        progress=False, live_plot=False,
-    )  # fmt: skip
-    train_s = time.perf_counter() - start
-    val_loader = data.make_loader(val, batch_size=4, train=False)
-    scores = evaluate(model, val_loader, train.num_classes, device="cpu", scales=(args.scale,), channels_last=True)
-    steps = sum(history.train_images) // args.batch_size  # the last epoch may be one the budget stopped midway
+def run(name: str, args: argparse.Namespace, seed: int, out: Path) -> dict:
+    """Train candidate ``name`` with the recipe (and the command line's changes) and return its row."""
+    given = {"batch_size": args.batch_size, "lr": args.lr, "workers": args.workers, "class_weights": args.class_weights}
+    changes = {k: v for k, v in given.items() if v is not None}
+    if args.minutes is not None:
+        changes["time_budget"] = args.minutes * 60
+    if args.crop is not None:
+        changes["crop"] = tuple(args.crop)
+    if args.scale is not None:  # the training scale of the frames, val scored at it too
+        changes.update(scale=(0.8 * args.scale, 1.25 * args.scale), eval_scale=args.scale)
+    job = TrainJob.from_train_recipe(RECIPE, **CANDIDATES[name], **changes, seed=seed, out=out / f"{name}-seed{seed}")
+    result = run_train_job(job, quiet=True)
+    history, record = result.history, result.record
+    steps = sum(history.train_images) // job.batch_size  # the last epoch may be one the budget stopped midway
     return {
-        "candidate": name, "model": model_name, "config": kwargs, "seed": seed,
-        "params_m": count_parameters(model) / 1e6, "epochs_planned": epochs, "epochs": history.epochs,
-        "steps": steps, "partial_steps": history.partial_steps, "train_s": train_s,
-        "images_per_s": steps * args.batch_size / train_s,
-        "miou": 100 * scores.miou, "pixel_acc": 100 * scores.pixel_acc,
-        "recipe": {"crop": list(args.crop), "scale": args.scale, "batch_size": args.batch_size, "lr": args.lr,
-                   "optimizer": "adamw", "workers": args.workers, "channels_last": True, "preload": True},
+        "candidate": name, "model": job.model, "config": job.model_kwargs, "seed": seed,
+        "params_m": count_parameters(result.model) / 1e6, "epochs_planned": history.planned_epochs,
+        "epochs": history.epochs, "steps": steps, "partial_steps": history.partial_steps,
+        "train_s": sum(history.epoch_time), "images_per_s": history.images_per_s,
+        "miou": 100 * result.scores.miou, "pixel_acc": 100 * result.scores.pixel_acc,
+        "recipe": {f: getattr(job, f) for f in ("crop", "scale", "eval_scale", "batch_size", "lr", "optimizer",
+                                                 "workers", "channels_last", "preload", "class_weights",
+                                                 "time_budget")},
+        "run_folder": str(job.out), "wall_s": record["wall_s"],
     }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    recipe = train_recipe(RECIPE)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=15.0, help="wall budget per run, calibration included")
+    p.add_argument("--minutes", type=float, help=f"training budget per run (default: the recipe's "
+                   f"{recipe['time_budget']:g} s)")  # fmt: skip
     p.add_argument("--models", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--crop", type=int, nargs=2, default=(176, 240))
-    p.add_argument("--scale", type=float, default=0.5, help="training scale of the 360x480 frames (val too)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--workers", type=int, default=1, help="loader processes beside the training threads")
+    p.add_argument("--crop", type=int, nargs=2, help=f"training crop H W (default: {recipe['crop']})")
+    p.add_argument("--scale", type=float, help=f"training and val scale (default: {recipe['eval_scale']})")
+    p.add_argument("--batch-size", type=int, help=f"default: {recipe['batch_size']}")
+    p.add_argument("--lr", type=float, help=f"default: {recipe['lr']}")
+    p.add_argument("--workers", type=int, help=f"loader processes beside the training threads ({recipe['workers']})")
+    p.add_argument("--class-weights", choices=("none", "median", "enet"), help="default: none")
+    p.add_argument("--out", help="keep each run's folder (model.pt, run.json, ...) here (default: a temporary one)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
-    args.crop = tuple(args.crop)
-    train, val = camvid_sets(args.crop, args.scale)
+    if locate_dataset("camvid") is None:
+        raise SystemExit("real CamVid not found: run `python -m seglearn download camvid` or set SEGLEARN_DATA")
     rows = []
-    for name in args.models:
-        for seed in args.seeds:
-            rows.append(run(name, args, train, val, seed))
-            r = rows[-1]
-            print(f"{name} seed {seed}: {r['steps']} steps ({r['epochs']} of {r['epochs_planned']} epochs) in "
-                  f"{r['train_s']:.0f} s, {r['images_per_s']:.1f} img/s, val mIoU {r['miou']:.1f}",
-                  flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out or tmp)
+        for name in args.models:
+            for seed in args.seeds:
+                rows.append(run(name, args, seed, out))
+                r = rows[-1]
+                print(f"{name} seed {seed}: {r['steps']} steps ({r['epochs']} of {r['epochs_planned']} planned "
+                      f"epochs) in {r['train_s']:.0f} s, {r['images_per_s']:.1f} img/s, val mIoU {r['miou']:.1f}",
+                      flush=True)  # fmt: skip
     hw = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"\n{args.minutes:g} min per run, CPU ({hw}), torch {torch.__version__}\n")
+    print(f"\n{rows[0]['recipe']['time_budget']:g} s of training per run, CPU ({hw}), torch {torch.__version__}\n")
     print("| candidate | params (M) | seeds | steps | images/s | val mIoU % (mean ± spread) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in args.models:

@@ -8,15 +8,26 @@ package's jobs from a shell.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from seglearn.job import CLASS_WEIGHTS, OPTIMIZERS, JobError, TrainJob, check_device, one_line, size_pair
+from seglearn.job import (
+    CLASS_WEIGHTS,
+    OPTIMIZERS,
+    JobError,
+    TrainJob,
+    check_choice,
+    check_device,
+    check_out_folder,
+    one_line,
+    parse_model_args,
+    size_pair,
+)
 from seglearn.names import DATASETS, DOWNLOADABLE, model_names
+from seglearn.train_recipes import TRAIN_RECIPES, train_recipe
 
 if TYPE_CHECKING:  # torch is imported by the commands that run: --help and option errors answer at once
     import torch
@@ -45,20 +56,6 @@ def _model_name(value: str) -> str:
     return value
 
 
-def _model_args(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["base_channels=32", "output_stride=16"]`` -> ``{"base_channels": 32, "output_stride": 16}``."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise UsageError(f"--model-arg takes KEY=VALUE (e.g. output_stride=16), got {pair!r}")
-        try:
-            out[key] = ast.literal_eval(raw)  # numbers, tuples, True/False/None
-        except (ValueError, SyntaxError):
-            out[key] = raw  # a bare word: a string such as resnet50
-    return out
-
-
 def _dataset_and_root(args: argparse.Namespace) -> tuple[str, str | None]:
     """``--data PATH`` (your own folder) or ``--dataset NAME [--root DIR]``."""
     if args.data is None:
@@ -76,17 +73,18 @@ def train_job_from_args(args: argparse.Namespace) -> TrainJob:
         image_size=args.image_size, crop=args.crop, scale=tuple(args.scale), batch_size=args.batch_size,
         workers=args.workers, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
         weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, class_weights=args.class_weights,
-        aux_loss=args.aux_loss, backbone=args.backbone, model_args=_model_args(args.model_arg),
+        aux_loss=args.aux_loss, backbone=args.backbone, model_args=parse_model_args(args.model_arg),
         pretrained_backbone=args.pretrained_backbone, sync_bn=args.sync_bn, preload=args.preload,
         val_every=args.val_every, channels_last=args.channels_last, amp=not args.no_amp,
-        time_budget=args.time_budget, resume=args.resume, seed=args.seed, device=args.device, out=args.out,
+        time_budget=args.time_budget, plan_epochs=args.plan_epochs, eval_scale=args.eval_scale, resume=args.resume,
+        seed=args.seed, device=args.device, out=args.out,
         argv=args.argv,
     )  # fmt: skip
 
 
 def parse_train_job(argv: Sequence[str]) -> TrainJob:
     """The TrainJob of a ``train ...`` command line (``["train", "--model", "unet", "--epochs", "5"]``)."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.command != "train":
         raise ValueError(f"parse_train_job takes a train command line, got {args.command!r}")
     args.argv = list(argv)
@@ -112,22 +110,14 @@ def _check_loader_args(args: argparse.Namespace) -> None:
 
 def _load(path: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """A model file's model and meta (model, num_classes, classes, palette: from the dataset when not stored)."""
-    from seglearn.data import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, voc_palette
-    from seglearn.model_file import load_model
+    from seglearn.model_file import labelled_meta, load_model
 
     _check_checkpoint(path)
     try:
         model, meta = load_model(path, device, return_meta=True)
     except ValueError as err:  # another file, or a checkpoint without a model spec
         raise UsageError(str(err)) from None
-    spec = meta["model_spec"]
-    dataset = meta.get("dataset") or (meta.get("recipe") or {}).get("dataset")  # fit's checkpoints keep it there
-    meta = {**meta, "model": spec["model"], "num_classes": int(spec["num_classes"]), "dataset": dataset}
-    if "classes" not in meta:  # a checkpoint written by fit (a chapter): its dataset's names and colours
-        voc = meta.get("dataset") == "voc" or (meta.get("dataset") is None and meta["num_classes"] == len(VOC_CLASSES))
-        meta["classes"] = list(VOC_CLASSES if voc else CAMVID_CLASSES)
-        meta["palette"] = (voc_palette(len(VOC_CLASSES)) if voc else CAMVID_PALETTE).tolist()
-    return model, meta
+    return model, labelled_meta(meta)
 
 
 # ---------------------------------------------------------------- commands
@@ -156,7 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_loader_args(args)
     _check_checkpoint(args.checkpoint)
     dataset, root = _dataset_and_root(args)
-    _choice(dataset, DATASETS, "--dataset")
+    check_choice(dataset, DATASETS, "--dataset")
     from seglearn import distributed as D
     from seglearn.data import job_datasets, make_loader
     from seglearn.engine import evaluate
@@ -188,7 +178,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     if not args.scales or not all(0 < s < float("inf") for s in args.scales):
         raise UsageError(f"--scales takes positive numbers (e.g. 0.75 1 1.25), got {' '.join(map(str, args.scales))}")
-    _check_out(args.out)
+    check_out_folder(Path(args.out))
     check_device(args.device)
     _check_checkpoint(args.checkpoint)
     import numpy as np
@@ -211,7 +201,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     size = size_pair(args.size, "--size")
     _check_checkpoint(args.checkpoint, "MODEL.pt")
-    _check_out(str(Path(args.onnx).parent), "--onnx")
+    check_out_folder(Path(args.onnx).parent, "--onnx")
     if Path(args.onnx).is_dir():
         example = Path(args.onnx) / "model.onnx"
         raise UsageError(f"--onnx {args.onnx} is a folder; pass the file to write, e.g. {example}")
@@ -252,17 +242,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def _check_out(folder: str, flag: str = "--out") -> None:
-    from seglearn.job import check_out_folder
-
-    check_out_folder(Path(folder), flag)
-
-
-def _choice(value: str, choices: Sequence[str], flag: str) -> None:
-    if value not in choices:
-        raise UsageError(f"{flag} {value!r} is not one of: {', '.join(choices)}")
-
-
 def _data_args(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
     # No argparse choices= here or for --model: TrainJob checks them, in one message format, without torch.
     p.add_argument("--dataset", default=JOB["dataset"], help=f"{', '.join(datasets)} (default: %(default)s)")
@@ -281,13 +260,27 @@ def _data_args(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
     p.add_argument("--device", default=JOB["device"], help="cpu, cuda, cuda:1 (default: cuda when available)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``seglearn`` argument parser. Building it imports neither torch nor the models: ``--model`` is checked
-    against the registry by :class:`~seglearn.job.TrainJob`, and ``seglearn models`` lists the registered models."""
+def parse_args(argv: Sequence[str], train_defaults: dict[str, Any] | None = None) -> argparse.Namespace:
+    """``argv`` parsed; ``train --recipe NAME`` is parsed again with the recipe's values as train's defaults, so
+    that an option given beside it (before or after) wins."""
+    args = build_parser(train_defaults).parse_args(argv)
+    if args.command == "train" and args.recipe is not None and train_defaults is None:
+        return parse_args(argv, train_recipe(args.recipe, args.model))
+    if args.command == "train" and args.model is None:
+        build_parser().error("train needs --model NAME (or --recipe NAME, which names one)")
+    return args
+
+
+def build_parser(train_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The ``seglearn`` argument parser (``train_defaults``: TrainJob values replacing train's defaults, as a
+    train recipe does). Building it imports neither torch nor the models: ``--model`` is checked against the
+    registry by :class:`~seglearn.job.TrainJob`, and ``seglearn models`` lists the registered models."""
     parser = _Parser(prog="seglearn", description=__doc__.split("\n\n")[0])
     commands = "{train,evaluate,predict,export,download,demo,models}"
     sub = parser.add_subparsers(dest="command", required=True, metavar=commands)
-    _train_parser(sub.add_parser("train", help="train a model; under torchrun, data-parallel"), DATASETS)
+    train = sub.add_parser("train", help="train a model; under torchrun, data-parallel")
+    _train_parser(train, DATASETS)
+    train.set_defaults(**(train_defaults or {}))
     _other_parsers(sub, DATASETS)
     p = sub.add_parser("models", help="list the registered models (the names --model takes)")
     p.set_defaults(func=cmd_models)
@@ -295,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_parser(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
-    p.add_argument("--model", required=True, type=_model_name, help="e.g. unet (`seglearn models` lists them)")
+    p.add_argument("--model", type=_model_name, help="e.g. unet (`seglearn models` lists them)")
+    p.add_argument("--recipe", choices=list(TRAIN_RECIPES), help="a named setup, model included; options given too win")
     _data_args(p, datasets)
     p.add_argument("--epochs", type=int, default=JOB["epochs"])
     p.add_argument(
@@ -306,6 +300,9 @@ def _train_parser(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
     p.add_argument("--out", default=JOB["out"], help="run folder (default: runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint under --out")
     p.add_argument("--time-budget", type=float, default=JOB["time_budget"], metavar="S", help="stop after S seconds")
+    plan = "with --time-budget: after epoch 1, run the epochs that fit the budget (at most --epochs)"
+    p.add_argument("--plan-epochs", action="store_true", help=plan)
+    p.add_argument("--eval-scale", type=float, default=JOB["eval_scale"], help="score val at this input scale")
     p.add_argument("--weight-decay", type=float, default=JOB["weight_decay"])
     p.add_argument(
         "--warmup-iters", type=int, default=JOB["warmup_iters"], help="linear warm-up steps before the poly schedule"
@@ -378,8 +375,9 @@ def _other_parsers(sub: Any, datasets: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m seglearn`` and the ``seglearn`` script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # the exact command, for run.json
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    args.argv = argv  # the exact command, for run.json
     try:
         return args.func(args)
     except (UsageError, JobError) as err:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from .evaluation import _amp_dtype, _to_device, default_device, evaluate, predic
 from .history import History
 from .memory import peak_memory_mib, reset_peak_memory
 from .models import logits_of
-from .partial import PartialEpoch, budget_stop, resumed_batches
+from .partial import PartialEpoch, budget_clock, budget_stop, planned_epochs, resumed_batches
 from .progress import LivePlot, in_notebook, progress_bar
 from .schedules import PolyLR, build_optimizer
 from .seeding import capture_rng_state, seed_everything, use_worker_seeding
@@ -143,11 +143,14 @@ def train_one_epoch(
     return EpochStats(mean, int(totals[1]), seconds, float(lr_used), num_classes, step + 1, complete, float(totals[0]))
 
 
-def _recipe(opt: torch.optim.Optimizer, optimizer: Any, poly_power: float, warmup_iters: int, recipe: Any) -> dict:
+def _recipe(
+    opt: torch.optim.Optimizer, optimizer: Any, poly_power: float, warmup_iters: int, plan: bool, recipe: Any
+) -> dict:
     """What a resumed run must share with the one that wrote the checkpoint: the optimizer's settings as it was
-    built (an instance's own), the schedule, and the caller's ``recipe``."""
+    built (an instance's own), the schedule (planned from a budget or not), and the caller's ``recipe``."""
     group = opt.param_groups[0]
     return {
+        **({"plan_epochs": True} if plan else {}),  # only when set: older checkpoints have no such key
         "lr": float(group.get("initial_lr", group["lr"])),
         "optimizer": optimizer.lower() if isinstance(optimizer, str) else type(opt).__name__,
         "weight_decay": group.get("weight_decay"),
@@ -170,11 +173,14 @@ def _checked_epoch(model: nn.Module, checkpoints: Checkpointer | None, *args: An
     return stats
 
 
-def _resume(checkpoints: Checkpointer, state: TrainingState, epochs: int, steps: int) -> None:
+def _resume(checkpoints: Checkpointer, state: TrainingState, epochs: int, steps: int, keep_plan: bool) -> int:
     """Continue from ``last.pt`` (when there is one); a run asking for fewer epochs than it holds is refused. A
-    time-budget stop's unfinished epoch is taken out of the history: the resumed run finishes it (PartialEpoch)."""
+    time-budget stop's unfinished epoch is taken out of the history: the resumed run finishes it (PartialEpoch).
+    Returns the epochs to run: ``epochs``, or with ``keep_plan`` the plan a budget run made after its first epoch."""
     if not checkpoints.restore(state):
-        return
+        return epochs
+    if keep_plan and state.epoch >= 1:  # planned after epoch 1: the schedule's length is the plan
+        epochs = min(epochs, state.scheduler.total_iters // steps)
     held = state.epoch + (state.partial is not None)  # an unfinished epoch already holds some of its steps
     if held > epochs:
         raise ValueError(
@@ -183,12 +189,24 @@ def _resume(checkpoints: Checkpointer, state: TrainingState, epochs: int, steps:
         )
     state.history.drop_partial()
     state.scheduler.total_iters = epochs * steps  # a resumed run may ask for more epochs
+    return epochs
+
+
+def _set_total_iters(sched: PolyLR, total_iters: int) -> None:
+    """Give the schedule a new length now, the next step's learning rate included."""
+    sched.total_iters = total_iters
+    for group, lr in zip(sched.optimizer.param_groups, sched.get_lr(), strict=True):
+        group["lr"] = lr
+    sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
 
 
 def _check_fit_args(
-    epochs: int, val_every: int, resume: bool, checkpoint_dir: Any, lr: float, optimizer: Any, val_loader: Any
-) -> None:
+    epochs: int, val_every: int, resume: bool, checkpoint_dir: Any, lr: float, optimizer: Any, val_loader: Any,
+    plan_epochs: bool = False, time_budget_s: float | None = None,
+) -> None:  # fmt: skip
     check_val_loader(val_loader)
+    if plan_epochs and time_budget_s is None:
+        raise ValueError("plan_epochs=True plans the epochs that fit a time budget: pass time_budget_s= too")
     if not isinstance(optimizer, torch.optim.Optimizer):
         check_lr(lr)  # before torch.optim's own "Invalid learning rate"; an instance's lr is checked once built
     if epochs < 1 or val_every < 1:
@@ -247,7 +265,8 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, time_budget_s: float | None = None,
     weight_decay: float = 1e-4, momentum: float = 0.9, warmup_iters: int = 0, poly_power: float = 0.9,
     amp: bool = True, channels_last: bool = False, grad_clip: float | None = None, val_every: int = 1,
-    progress: bool = True, live_plot: bool | None = None,
+    val_scales: Sequence[float] = (1.0,), plan_epochs: bool = False, progress: bool = True,
+    live_plot: bool | None = None,
     model_spec: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None,
 ) -> History:  # fmt: skip
     """Train ``model`` with a per-iteration poly schedule; validate, checkpoint and resume. Returns a :class:`History`.
@@ -260,12 +279,16 @@ def fit(
     ``model.model_spec`` that ``create_model`` sets); ``recipe`` (plain values) is stored with the optimizer's and
     the schedule's settings, and resuming with any of them changed is refused (more epochs are allowed).
     ``time_budget_s`` (seconds from this call) stops after the first training step that ends past it, mid-epoch
-    too; the model is then validated once more, and ``resume=True`` finishes that epoch exactly. On CUDA it resets
-    the device's peak-memory counter first, so ``History.peak_memory_mib`` is this run's peak. When
+    too; the model is then validated once more, and ``resume=True`` finishes that epoch exactly. ``plan_epochs``
+    (with a budget) makes ``epochs`` the most to run: after the first epoch the run is re-planned to the number of
+    epochs that fit the budget at that epoch's pace (:func:`seglearn.partial.planned_epochs`), so the poly decay
+    ends when the budget does; the plan is checkpointed and a resumed run keeps it. ``val_scales`` are
+    :func:`evaluate`'s ``scales`` for the validations (``(0.5,)`` for a model trained at half resolution). On CUDA
+    it resets the device's peak-memory counter first, so ``History.peak_memory_mib`` is this run's peak. When
     torch.distributed is initialized the model is wrapped in DistributedDataParallel, loaders are sharded, and only
     rank 0 writes and shows progress.
     """
-    _check_fit_args(epochs, val_every, resume, checkpoint_dir, lr, optimizer, val_loader)
+    _check_fit_args(epochs, val_every, resume, checkpoint_dir, lr, optimizer, val_loader, plan_epochs, time_budget_s)
     if seed is not None:
         seed_everything(seed, getattr(train_loader, "dataset", None))
     net = D.unwrap_model(model)
@@ -283,12 +306,13 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     loss = _default_loss(loss, device)
     spec = model_spec if model_spec is not None else getattr(net, "model_spec", None)
+    saved = _recipe(opt, optimizer or "sgd", poly_power, warmup_iters, plan_epochs, recipe)
     state = TrainingState(net, opt, sched, scaler, train_loader, num_classes=num_classes, model_spec=spec,
-                          recipe=_recipe(opt, optimizer or "sgd", poly_power, warmup_iters, recipe))  # fmt: skip
+                          recipe=saved)  # fmt: skip
     main = D.get_rank() == 0  # the process that writes files and shows progress
     checkpoints = Checkpointer(checkpoint_dir, write=main) if checkpoint_dir is not None else None
     if resume:
-        _resume(checkpoints, state, epochs, steps)
+        epochs = _resume(checkpoints, state, epochs, steps, keep_plan=plan_epochs)
     train_model, history = D.wrap_if_distributed(model, device), state.history
     show = progress and main
     plot = LivePlot(epochs) if main and (live_plot or (live_plot is None and progress and in_notebook())) else None
@@ -296,7 +320,11 @@ def fit(
     bar = progress_bar(range(state.epoch, epochs), enabled=show, desc="fit", unit="epoch", initial=state.epoch,
                        total=epochs)  # fmt: skip
     stop = budget_stop(time_budget_s, device)
+    planning = plan_epochs and state.epoch == 0  # a resumed run past epoch 1 keeps its plan
+    elapsed = budget_clock() if planning else None
     for epoch in bar:
+        if epoch >= epochs:  # fewer epochs planned than the bar's range holds
+            break
         t_epoch = time.perf_counter()
         D.set_sampler_epoch(train_loader, epoch)
         start, state.partial = state.partial, None
@@ -304,9 +332,15 @@ def fit(
         stats = _checked_epoch(train_model, checkpoints, train_loader, loss, opt, sched, device=device, scaler=scaler,
                                amp_dtype=amp_dtype, grad_clip=grad_clip, channels_last=channels_last,
                                progress=show, epoch=epoch, epochs=epochs, start=start, stop=stop)  # fmt: skip
+        if planning and stats.complete:  # the first epoch's pace sets how many epochs fit in the budget
+            first_s = elapsed() + (start.seconds if start else 0.0)  # type: ignore[misc]
+            planning, epochs = False, planned_epochs(time_budget_s, first_s, epochs)
+            history.planned_epochs = epochs
+            _set_total_iters(sched, epochs * steps)
+            bar.total = epochs
         due = (epoch + 1) % val_every == 0 or epoch + 1 == epochs
         improved = _record_epoch(state, stats, epoch, epoch_rng, val_loader if due or not stats.complete else None,
-                                 loss, device, amp=amp, channels_last=channels_last)  # fmt: skip
+                                 loss, device, amp=amp, channels_last=channels_last, scales=val_scales)  # fmt: skip
         out_of_time = not stats.complete or (stop is not None and stop())
         history.stopped_early = out_of_time and (epoch + 1 < epochs or not stats.complete)
         history.epoch_time.append(time.perf_counter() - t_epoch + (start.seconds if start else 0.0))

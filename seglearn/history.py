@@ -47,6 +47,8 @@ class History:
         stopped_early: True when ``time_budget_s`` ended the run before ``epochs``.
         partial_steps: steps of the last recorded epoch when the time budget stopped it midway (its entries and its
             validation then describe an unfinished epoch, which never counts as best); 0 when every epoch finished.
+        planned_epochs: the epochs ``fit(plan_epochs=True)`` planned after the first one to fit its time budget; 0
+            when the run was not planned.
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -62,6 +64,7 @@ class History:
     best_epoch: int = 0
     stopped_early: bool = False
     partial_steps: int = 0
+    planned_epochs: int = 0
 
     @property
     def epochs(self) -> int:
@@ -140,6 +143,7 @@ class History:
             "best_epoch": int(self.best_epoch),
             "stopped_early": bool(self.stopped_early),
             "partial_steps": int(self.partial_steps),
+            "planned_epochs": int(self.planned_epochs),
         }
 
     @classmethod
@@ -159,4 +163,5 @@ class History:
             best_epoch=int(d.get("best_epoch", 0)),
             stopped_early=bool(d.get("stopped_early", False)),
             partial_steps=int(d.get("partial_steps", 0)),
+            planned_epochs=int(d.get("planned_epochs", 0)),
         )

@@ -116,6 +116,8 @@ class TrainJob:
     channels_last: bool = False
     amp: bool = True
     time_budget: float | None = None
+    plan_epochs: bool = False
+    eval_scale: float = 1.0
     resume: bool = False
     seed: int = 0
     device: str | None = None
@@ -124,9 +126,9 @@ class TrainJob:
 
     def __post_init__(self) -> None:
         # Everything that needs no import first: an option error is answered before torch is loaded.
-        _choice(self.dataset, DATASETS, "--dataset")
-        _choice(self.optimizer, OPTIMIZERS, "--optimizer")
-        _choice(self.class_weights, CLASS_WEIGHTS, "--class-weights")
+        check_choice(self.dataset, DATASETS, "--dataset")
+        check_choice(self.optimizer, OPTIMIZERS, "--optimizer")
+        check_choice(self.class_weights, CLASS_WEIGHTS, "--class-weights")
         self.crop = size_pair(self.crop, "--crop")
         self.image_size = None if self.image_size is None else size_pair(self.image_size, "--image-size")
         lo, hi = (float(s) for s in self.scale)
@@ -145,10 +147,14 @@ class TrainJob:
             raise JobError(f"--weight-decay takes a finite number >= 0 (e.g. 1e-4), got {self.weight_decay:g}")
         if self.time_budget is not None and not (self.time_budget >= 0):
             raise JobError(f"--time-budget takes a number of seconds >= 0, got {self.time_budget:g}")
+        if self.plan_epochs and self.time_budget is None:
+            raise JobError("--plan-epochs plans the epochs that fit a time budget: give --time-budget S too")
+        if not (math.isfinite(self.eval_scale) and self.eval_scale > 0):
+            raise JobError(f"--eval-scale takes a number > 0 (e.g. 0.5), got {self.eval_scale:g}")
         self.model_args = dict(self.model_args)
         self.out = Path(self.out) if self.out is not None else Path("runs") / str(self.model)
         check_out_folder(self.out)
-        _choice(self.model, model_names(), "--model", hint="; `python -m seglearn models` lists them")
+        check_choice(self.model, model_names(), "--model", hint="; `python -m seglearn models` lists them")
         check_device(self.device)
 
     @property
@@ -171,6 +177,18 @@ class TrainJob:
             class_weights=recipe.class_weights or "none", crop=tuple(recipe.crop), batch_size=recipe.batch_size,
         )  # fmt: skip
         return cls(model=model, **{**fields, **overrides})
+
+    @classmethod
+    def from_train_recipe(cls, name: str, **overrides: Any) -> TrainJob:
+        """The job of the train recipe ``name`` (:data:`seglearn.train_recipes.TRAIN_RECIPES`, e.g. ``"cpu-15min"``,
+        what ``seglearn train --recipe NAME`` runs), ``overrides`` replacing any of its values (``seed=1``)."""
+        from seglearn.train_recipes import train_recipe
+
+        try:
+            values = train_recipe(name, overrides.get("model"))
+        except ValueError as err:
+            raise JobError(str(err)) from None
+        return cls(**{**values, **overrides})
 
     def command_args(self) -> list[str]:
         """The ``seglearn`` arguments that make this job: ``argv`` when it came from a command line, else ``train``
@@ -196,6 +214,20 @@ class TrainJob:
         return args
 
 
+def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["base_channels=32", "output_stride=16"]`` -> ``{"base_channels": 32, "output_stride": 16}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise JobError(f"--model-arg takes KEY=VALUE (e.g. output_stride=16), got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(raw)  # numbers, tuples, True/False/None
+        except (ValueError, SyntaxError):
+            out[key] = raw  # a bare word: a string such as resnet50
+    return out
+
+
 def _literal(value: Any) -> str:
     """How ``--model-arg KEY=VALUE`` spells ``value``: a bare word for a string that reads as no literal, else repr."""
     if isinstance(value, str):
@@ -206,7 +238,7 @@ def _literal(value: Any) -> str:
     return repr(value)
 
 
-def _choice(value: Any, choices: Sequence[str], flag: str, hint: str = "") -> None:
+def check_choice(value: Any, choices: Sequence[str], flag: str, hint: str = "") -> None:
     if value not in choices:
         raise JobError(f"{flag} {value!r} is not one of: {', '.join(choices)}{hint}")
 
@@ -299,12 +331,14 @@ def run_train_job(job: TrainJob, quiet: bool = False) -> TrainResult:
             model, *loaders, epochs=job.epochs, lr=job.lr, optimizer=job.optimizer, loss=loss, device=info.device,
             seed=job.seed, checkpoint_dir=job.out / "checkpoints", resume=job.resume, time_budget_s=job.time_budget,
             model_spec=net.model_spec, recipe=recipe, weight_decay=job.weight_decay, warmup_iters=job.warmup_iters,
-            val_every=job.val_every, amp=job.amp, channels_last=job.channels_last,
+            val_every=job.val_every, amp=job.amp, channels_last=job.channels_last, plan_epochs=job.plan_epochs,
+            val_scales=(job.eval_scale,),
         )  # fmt: skip
     except (ValueError, FloatingPointError, OSError) as err:  # --resume on another recipe, a bad mask, a diverged run
         raise JobError(one_line(err)) from None
     # Each rank scores its own shard (no repeats); evaluate sums the confusion matrices over ranks.
-    scores = evaluate(model, loaders[1], train_set.num_classes, device=info.device)
+    scores = evaluate(model, loaders[1], train_set.num_classes, device=info.device, scales=(job.eval_scale,),
+                      channels_last=job.channels_last)  # fmt: skip
     classes, palette = list(train_set.classes), np.asarray(train_set.palette)
     record = run_record(job, net, history, scores, device=info.device, world_size=info.world_size,
                         train_size=len(train_set), val_size=len(val_set))  # fmt: skip
@@ -312,7 +346,8 @@ def run_train_job(job: TrainJob, quiet: bool = False) -> TrainResult:
     if info.is_main:
         _write_run(job, result, world_size=info.world_size)
         if not quiet:
-            print(f"{job.model} on {job.dataset}: {history.epochs} epochs, val scores ({len(val_set)} images)")
+            planned = f" of {history.planned_epochs} planned" if history.planned_epochs else ""
+            print(f"{job.model} on {job.dataset}: {history.epochs}{planned} epochs, val scores ({len(val_set)} images)")
             print(scores.table(classes))
             print(
                 f"\n{record['epochs']} epochs in {record['wall_s']:.0f} s, {record['images_per_s']:.1f} images/s, "

@@ -24,7 +24,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 
-__all__ = ["save_model", "load_model", "FORMAT", "VERSION"]
+__all__ = ["save_model", "load_model", "labelled_meta", "FORMAT", "VERSION"]
 
 FORMAT, VERSION = "seglearn-model", 1
 
@@ -132,3 +132,18 @@ def load_model(
     model.load_state_dict(state)
     model = model.to(device).eval()
     return (model, {"model_spec": spec, **meta}) if return_meta else model
+
+
+def labelled_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """``load_model(..., return_meta=True)``'s meta with what the commands show: ``model``, ``num_classes``,
+    ``dataset`` and the ``classes``/``palette`` (for a file of fit, which stores none, its dataset's)."""
+    from .data import CAMVID_CLASSES, CAMVID_PALETTE, VOC_CLASSES, voc_palette
+
+    spec = meta["model_spec"]
+    dataset = meta.get("dataset") or (meta.get("recipe") or {}).get("dataset")  # fit's checkpoints keep it there
+    meta = {**meta, "model": spec["model"], "num_classes": int(spec["num_classes"]), "dataset": dataset}
+    if "classes" not in meta:  # a checkpoint written by fit (a chapter): its dataset's names and colours
+        voc = dataset == "voc" or (dataset is None and meta["num_classes"] == len(VOC_CLASSES))
+        meta["classes"] = list(VOC_CLASSES if voc else CAMVID_CLASSES)
+        meta["palette"] = (voc_palette(len(VOC_CLASSES)) if voc else CAMVID_PALETTE).tolist()
+    return meta

@@ -20,7 +20,7 @@ import torch
 from . import distributed as D
 from .seeding import restore_rng_state
 
-__all__ = ["PartialEpoch", "resumed_batches", "budget_stop"]
+__all__ = ["PartialEpoch", "resumed_batches", "budget_stop", "budget_clock", "planned_epochs"]
 
 
 @dataclass
@@ -71,3 +71,16 @@ def budget_stop(time_budget_s: float | None, device: torch.device) -> Callable[[
         return None
     t_start = _clock()
     return lambda: D.any_rank(_clock() - t_start >= time_budget_s, device)
+
+
+def budget_clock() -> Callable[[], float]:
+    """Seconds since this call, on the clock the budget runs on."""
+    t_start = _clock()
+    return lambda: _clock() - t_start
+
+
+def planned_epochs(time_budget_s: float, first_epoch_s: float, most: int) -> int:
+    """How many epochs fit in ``time_budget_s`` at the pace of a first epoch that took ``first_epoch_s`` (setup
+    included): the nearest whole number, at least 1 and at most ``most``. Nearest rather than fewer: the budget
+    stops an epoch that runs over, by then at a learning rate near zero, while flooring leaves up to an epoch unused."""
+    return max(1, min(most, round(time_budget_s / max(first_epoch_s, 1e-9))))

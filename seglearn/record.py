@@ -33,10 +33,10 @@ def device_name(device: torch.device) -> str:
 def _run_fields(history: Any, device: torch.device) -> dict[str, Any]:
     """The fields every record shares: how long the run took, how fast and big it was, and where it ran."""
     return {
-        "epochs": history.epochs, "stopped_early": history.stopped_early, "wall_s": sum(history.epoch_time),
-        "images_per_s": history.images_per_s, "peak_memory_mib": history.peak_memory_mib,
-        "memory_kind": history.memory_kind, "device": device_name(device), "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
+        "epochs": history.epochs, "planned_epochs": history.planned_epochs, "stopped_early": history.stopped_early,
+        "wall_s": sum(history.epoch_time), "images_per_s": history.images_per_s,
+        "peak_memory_mib": history.peak_memory_mib, "memory_kind": history.memory_kind,
+        "device": device_name(device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }  # fmt: skip
 
 

@@ -214,14 +214,19 @@ def test_cpu_results_trains_the_registrys_small_variants(load_benchmark, shared_
     assert "| tinyfcn | default |" in capsys.readouterr().out
 
 
-def test_cpu_budget_plans_epochs_from_the_step_time_and_stops_at_the_budget(load_benchmark, shared_camvid, tmp_path):
+def test_cpu_budget_runs_the_recipe_plans_epochs_after_the_first_and_stops_at_the_budget(
+    load_benchmark, shared_camvid, tmp_path
+):
     bench = load_benchmark("cpu_budget")
-    argv = ["--models", "unet16", "--crop", "32", "48", "--scale", "0.1", "--json", str(tmp_path / "rows.json")]
-    # A budget far shorter than one epoch: one planned epoch, stopped by fit's budget after its first step.
+    argv = ["--models", "unet16", "--crop", "32", "48", "--scale", "0.1", "--json", str(tmp_path / "rows.json"),
+            "--out", str(tmp_path / "runs")]  # fmt: skip
+    # A budget far shorter than one epoch: stopped by fit's budget after its first step, before any plan.
     (row,) = bench.main([*argv, "--minutes", "0.0001"])
-    assert row["epochs_planned"] == 1 and row["steps"] == 1 and row["partial_steps"] == 1
+    assert row["epochs_planned"] == 0 and row["steps"] == 1 and row["partial_steps"] == 1
     assert 0 <= row["miou"] <= 100 and row["recipe"]["channels_last"] and row["params_m"] == pytest.approx(1.94, 0.01)
-    # Enough for a few epochs at this size: planned from the step time, never past the plan (the budget may cut it).
+    assert row["recipe"]["eval_scale"] == 0.1 and row["recipe"]["workers"] == 0  # the recipe's, changed by the flags
+    # Enough for a few epochs at this size: planned after the first one, never past the plan (the budget may cut it).
     (row,) = bench.main([*argv, "--minutes", "0.2"])
     assert row["epochs_planned"] >= 2 and 45 <= row["steps"] <= row["epochs_planned"] * 45
     assert json.loads((tmp_path / "rows.json").read_text())[0]["steps"] == row["steps"]
+    assert (tmp_path / "runs" / "unet16-seed0" / "model.pt").is_file()  # --out keeps the run folders

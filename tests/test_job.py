@@ -29,7 +29,7 @@ def test_a_job_built_in_python_records_the_command_that_makes_it_again():
     job = TrainJob(
         "unet", crop=48, image_size=(48, 64), scale=(1.0, 1.0), epochs=3, lr=0.05, optimizer="adamw", amp=False,
         class_weights="median", model_args={"base_channels": 8, "depth": 3}, aux_loss=False, preload=True,
-        out="runs/x", workers=0, time_budget=30.0,
+        out="runs/x", workers=0, time_budget=30.0, plan_epochs=True, eval_scale=0.5,
     )  # fmt: skip
     args = job.command_args()
     assert args[:3] == ["train", "--model", "unet"] and "--no-amp" in args and "--epochs" in args
@@ -52,6 +52,8 @@ def test_a_job_built_in_python_records_the_command_that_makes_it_again():
         ({"scale": (2.0, 1.0)}, "--scale takes MIN MAX"),
         ({"class_weights": "inverse"}, "--class-weights"),
         ({"lr": 0.0}, "--lr takes a finite number > 0"),
+        ({"plan_epochs": True}, "--plan-epochs plans the epochs that fit a time budget: give --time-budget S"),
+        ({"eval_scale": 0.0}, "--eval-scale takes a number > 0"),
     ],
 )
 def test_bad_values_are_refused_naming_the_option(changes, message):
