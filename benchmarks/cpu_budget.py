@@ -2,9 +2,10 @@
 
 Every candidate runs the train recipe ``cpu-15min`` (``seglearn.train_recipes``, what ``python -m seglearn train
 --recipe cpu-15min`` runs) with only the model changed: CamVid train decoded once into memory, random rescale
-around half resolution and 176x240 crops, NHWC memory layout, AdamW with a short warm-up and a poly decay planned
-after the first epoch to end when the budget does (``fit(plan_epochs=True)``), the budget the hard stop. Val is
-scored on all 101 CamVid val frames at their full 360x480 labels, predicted at half scale (logits upsampled).
+around half resolution and 176x240 crops, SegNet's median-frequency class weights, NHWC memory layout, AdamW with
+a short warm-up and a poly decay planned after the first epoch to end when the budget does
+(``fit(plan_epochs=True)``), the budget the hard stop. Val is scored on all 101 CamVid val frames at their full
+360x480 labels, predicted at the recipe's scale (logits upsampled).
 
     python benchmarks/cpu_budget.py                                  # the README's table (both cores, ~15 min each)
     python benchmarks/cpu_budget.py --minutes 2 --models unet16 enet  # a quick screen
@@ -21,7 +22,7 @@ import torch
 
 from seglearn.atomic import write_json
 from seglearn.data import locate_dataset
-from seglearn.job import TrainJob, run_train_job
+from seglearn.job import CLASS_WEIGHTS, TrainJob, run_train_job
 from seglearn.models import count_parameters
 from seglearn.train_recipes import train_recipe
 
@@ -42,8 +43,10 @@ def run(name: str, args: argparse.Namespace, seed: int, out: Path) -> dict:
         changes["time_budget"] = args.minutes * 60
     if args.crop is not None:
         changes["crop"] = tuple(args.crop)
-    if args.scale is not None:  # the training scale of the frames, val scored at it too
-        changes.update(scale=(0.8 * args.scale, 1.25 * args.scale), eval_scale=args.scale)
+    if args.scale is not None:  # the training scale of the frames, randomly 0.8x to 1.25x of it
+        changes["scale"] = (0.8 * args.scale, 1.25 * args.scale)
+    if args.eval_scale is not None:
+        changes["eval_scale"] = args.eval_scale
     job = TrainJob.from_train_recipe(RECIPE, **CANDIDATES[name], **changes, seed=seed, out=out / f"{name}-seed{seed}")
     result = run_train_job(job, quiet=True)
     history, record = result.history, result.record
@@ -69,11 +72,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--models", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--crop", type=int, nargs=2, help=f"training crop H W (default: {recipe['crop']})")
-    p.add_argument("--scale", type=float, help=f"training and val scale (default: {recipe['eval_scale']})")
+    lo, hi = recipe["scale"]
+    p.add_argument("--scale", type=float, help=f"training scale S: frames rescaled by 0.8 S to 1.25 S (default: "
+                   f"{lo:g} to {hi:g})")  # fmt: skip
+    p.add_argument("--eval-scale", type=float, help=f"val scale (default: {recipe['eval_scale']})")
     p.add_argument("--batch-size", type=int, help=f"default: {recipe['batch_size']}")
     p.add_argument("--lr", type=float, help=f"default: {recipe['lr']}")
     p.add_argument("--workers", type=int, help=f"loader processes beside the training threads ({recipe['workers']})")
-    p.add_argument("--class-weights", choices=("none", "median", "enet"), help="default: none")
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, help=f"default: {recipe['class_weights']}")
     p.add_argument("--out", help="keep each run's folder (model.pt, run.json, ...) here (default: a temporary one)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)

@@ -26,7 +26,7 @@ from .evaluation import _amp_dtype, _to_device, default_device, evaluate, predic
 from .history import History
 from .memory import peak_memory_mib, reset_peak_memory
 from .models import logits_of
-from .partial import PartialEpoch, budget_clock, budget_stop, planned_epochs, resumed_batches
+from .partial import EpochPlan, PartialEpoch, budget_stop, resumed_batches
 from .progress import LivePlot, in_notebook, progress_bar
 from .schedules import PolyLR, build_optimizer
 from .seeding import capture_rng_state, seed_everything, use_worker_seeding
@@ -266,8 +266,7 @@ def fit(
     weight_decay: float = 1e-4, momentum: float = 0.9, warmup_iters: int = 0, poly_power: float = 0.9,
     amp: bool = True, channels_last: bool = False, grad_clip: float | None = None, val_every: int = 1,
     val_scales: Sequence[float] = (1.0,), plan_epochs: bool = False, progress: bool = True,
-    live_plot: bool | None = None,
-    model_spec: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None,
+    live_plot: bool | None = None, model_spec: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None,
 ) -> History:  # fmt: skip
     """Train ``model`` with a per-iteration poly schedule; validate, checkpoint and resume. Returns a :class:`History`.
 
@@ -275,27 +274,21 @@ def fit(
     :class:`seglearn.losses.SegLoss`. ``optimizer`` is an instance or ``"sgd"`` (default) / ``"adamw"``. On CUDA
     it trains under autocast (bf16, or fp16 with a GradScaler). ``checkpoint_dir`` gets ``last.pt`` after every
     epoch and ``best.pt`` at the best val mIoU; ``resume=True`` continues exactly from ``last.pt``.
-    ``model_spec`` is stored so that :func:`seglearn.load_model` can rebuild the model (default: the
-    ``model.model_spec`` that ``create_model`` sets); ``recipe`` (plain values) is stored with the optimizer's and
-    the schedule's settings, and resuming with any of them changed is refused (more epochs are allowed).
+    ``model_spec`` (default: ``model.model_spec`` from ``create_model``) lets :func:`seglearn.load_model` rebuild the
+    model; ``recipe`` (plain values) is stored with the optimizer's and schedule's settings, and resuming with any
+    of them changed is refused (more epochs are allowed).
     ``time_budget_s`` (seconds from this call) stops after the first training step that ends past it, mid-epoch
     too; the model is then validated once more, and ``resume=True`` finishes that epoch exactly. ``plan_epochs``
-    (with a budget) makes ``epochs`` the most to run: after the first epoch the run is re-planned to the number of
-    epochs that fit the budget at that epoch's pace (:func:`seglearn.partial.planned_epochs`), so the poly decay
-    ends when the budget does; the plan is checkpointed and a resumed run keeps it. ``val_scales`` are
-    :func:`evaluate`'s ``scales`` for the validations (``(0.5,)`` for a model trained at half resolution). On CUDA
-    it resets the device's peak-memory counter first, so ``History.peak_memory_mib`` is this run's peak. When
-    torch.distributed is initialized the model is wrapped in DistributedDataParallel, loaders are sharded, and only
-    rank 0 writes and shows progress.
+    (with a budget): ``epochs`` is the most, and after the first epoch the run takes as many as fit the budget
+    (:class:`seglearn.partial.EpochPlan`; checkpointed, kept on resume). ``val_scales``: :func:`evaluate`'s
+    ``scales`` for the validations. Under torch.distributed: DDP, sharded loaders, rank 0 writes and shows progress.
     """
     _check_fit_args(epochs, val_every, resume, checkpoint_dir, lr, optimizer, val_loader, plan_epochs, time_budget_s)
     if seed is not None:
         seed_everything(seed, getattr(train_loader, "dataset", None))
     net = D.unwrap_model(model)
     device = D.process_device(torch.device(device) if device is not None else default_device())
-    net.to(device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
+    net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     train_loader = D.shard_loader(train_loader, train=True, seed=seed or 0)
     val_loader = D.shard_loader(val_loader, train=False)
     use_worker_seeding(train_loader)
@@ -307,24 +300,19 @@ def fit(
     loss = _default_loss(loss, device)
     spec = model_spec if model_spec is not None else getattr(net, "model_spec", None)
     saved = _recipe(opt, optimizer or "sgd", poly_power, warmup_iters, plan_epochs, recipe)
-    state = TrainingState(net, opt, sched, scaler, train_loader, num_classes=num_classes, model_spec=spec,
-                          recipe=saved)  # fmt: skip
+    state = TrainingState(net, opt, sched, scaler, train_loader, num_classes=num_classes, model_spec=spec, recipe=saved)
     main = D.get_rank() == 0  # the process that writes files and shows progress
     checkpoints = Checkpointer(checkpoint_dir, write=main) if checkpoint_dir is not None else None
     if resume:
         epochs = _resume(checkpoints, state, epochs, steps, keep_plan=plan_epochs)
-    train_model, history = D.wrap_if_distributed(model, device), state.history
-    show = progress and main
+    train_model, history, show = D.wrap_if_distributed(model, device), state.history, progress and main
     plot = LivePlot(epochs) if main and (live_plot or (live_plot is None and progress and in_notebook())) else None
     reset_peak_memory(device)  # History.peak_memory_mib is this run's peak (on CUDA; a CPU has only the process's)
     bar = progress_bar(range(state.epoch, epochs), enabled=show, desc="fit", unit="epoch", initial=state.epoch,
                        total=epochs)  # fmt: skip
     stop = budget_stop(time_budget_s, device)
-    planning = plan_epochs and state.epoch == 0  # a resumed run past epoch 1 keeps its plan
-    elapsed = budget_clock() if planning else None
+    plan = EpochPlan(time_budget_s, active=plan_epochs and state.epoch == 0)  # a resumed run keeps its plan
     for epoch in bar:
-        if epoch >= epochs:  # fewer epochs planned than the bar's range holds
-            break
         t_epoch = time.perf_counter()
         D.set_sampler_epoch(train_loader, epoch)
         start, state.partial = state.partial, None
@@ -332,12 +320,9 @@ def fit(
         stats = _checked_epoch(train_model, checkpoints, train_loader, loss, opt, sched, device=device, scaler=scaler,
                                amp_dtype=amp_dtype, grad_clip=grad_clip, channels_last=channels_last,
                                progress=show, epoch=epoch, epochs=epochs, start=start, stop=stop)  # fmt: skip
-        if planning and stats.complete:  # the first epoch's pace sets how many epochs fit in the budget
-            first_s = elapsed() + (start.seconds if start else 0.0)  # type: ignore[misc]
-            planning, epochs = False, planned_epochs(time_budget_s, first_s, epochs)
-            history.planned_epochs = epochs
+        if (planned := plan.after(stats.complete, start, epochs)) is not None:  # the first epoch's pace
+            epochs = history.planned_epochs = bar.total = planned
             _set_total_iters(sched, epochs * steps)
-            bar.total = epochs
         due = (epoch + 1) % val_every == 0 or epoch + 1 == epochs
         improved = _record_epoch(state, stats, epoch, epoch_rng, val_loader if due or not stats.complete else None,
                                  loss, device, amp=amp, channels_last=channels_last, scales=val_scales)  # fmt: skip
@@ -349,7 +334,7 @@ def fit(
         if checkpoints is not None:
             checkpoints.save(state, best=improved)
         _show_epoch(bar, plot, history)
-        if history.stopped_early:
+        if history.stopped_early or epoch + 1 >= epochs:  # the plan may end before the bar's range
             break
     bar.close()
     return history

@@ -2,7 +2,8 @@
 :func:`run_train_job` runs it (fit, score, write the run folder).
 
 The CLI parses its command line into a TrainJob, the demo and the benchmarks build one directly, and a registry
-recipe becomes one with :meth:`TrainJob.from_recipe`. Errors in a job's options or inputs are :class:`JobError`
+recipe becomes one with :meth:`TrainJob.from_recipe`, a named train recipe (``train --recipe cpu-15min``) with
+:meth:`TrainJob.from_train_recipe`. Errors in a job's options or inputs are :class:`JobError`
 (a ValueError) and name the option as the command line spells it.
 """
 

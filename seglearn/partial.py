@@ -20,7 +20,7 @@ import torch
 from . import distributed as D
 from .seeding import restore_rng_state
 
-__all__ = ["PartialEpoch", "resumed_batches", "budget_stop", "budget_clock", "planned_epochs"]
+__all__ = ["PartialEpoch", "resumed_batches", "budget_stop", "planned_epochs", "EpochPlan"]
 
 
 @dataclass
@@ -73,14 +73,25 @@ def budget_stop(time_budget_s: float | None, device: torch.device) -> Callable[[
     return lambda: D.any_rank(_clock() - t_start >= time_budget_s, device)
 
 
-def budget_clock() -> Callable[[], float]:
-    """Seconds since this call, on the clock the budget runs on."""
-    t_start = _clock()
-    return lambda: _clock() - t_start
-
-
 def planned_epochs(time_budget_s: float, first_epoch_s: float, most: int) -> int:
     """How many epochs fit in ``time_budget_s`` at the pace of a first epoch that took ``first_epoch_s`` (setup
     included): the nearest whole number, at least 1 and at most ``most``. Nearest rather than fewer: the budget
     stops an epoch that runs over, by then at a learning rate near zero, while flooring leaves up to an epoch unused."""
     return max(1, min(most, round(time_budget_s / max(first_epoch_s, 1e-9))))
+
+
+class EpochPlan:
+    """``fit(plan_epochs=True)``: once the first epoch is finished, the epochs that fit the budget at its pace
+    (:func:`planned_epochs`), timed on the budget's clock from this object's creation."""
+
+    def __init__(self, time_budget_s: float | None, active: bool) -> None:
+        self.budget, self.active = time_budget_s, active
+        self.t_start = _clock() if active else 0.0  # only when planning: the clock a test steps is not read else
+
+    def after(self, complete: bool, start: PartialEpoch | None, most: int) -> int | None:
+        """The planned epochs after the first finished epoch (``start``: its part run before a resume); else None."""
+        if not (self.active and complete and self.budget is not None):
+            return None
+        self.active = False
+        first_s = _clock() - self.t_start + (start.seconds if start else 0.0)
+        return planned_epochs(self.budget, first_s, most)

@@ -218,13 +218,14 @@ def test_cpu_budget_runs_the_recipe_plans_epochs_after_the_first_and_stops_at_th
     load_benchmark, shared_camvid, tmp_path
 ):
     bench = load_benchmark("cpu_budget")
-    argv = ["--models", "unet16", "--crop", "32", "48", "--scale", "0.1", "--json", str(tmp_path / "rows.json"),
-            "--out", str(tmp_path / "runs")]  # fmt: skip
+    argv = ["--models", "unet16", "--crop", "32", "48", "--scale", "0.1", "--eval-scale", "0.1", "--json",
+            str(tmp_path / "rows.json"), "--out", str(tmp_path / "runs")]  # fmt: skip
     # A budget far shorter than one epoch: stopped by fit's budget after its first step, before any plan.
     (row,) = bench.main([*argv, "--minutes", "0.0001"])
     assert row["epochs_planned"] == 0 and row["steps"] == 1 and row["partial_steps"] == 1
     assert 0 <= row["miou"] <= 100 and row["recipe"]["channels_last"] and row["params_m"] == pytest.approx(1.94, 0.01)
-    assert row["recipe"]["eval_scale"] == 0.1 and row["recipe"]["workers"] == 0  # the recipe's, changed by the flags
+    assert row["recipe"]["eval_scale"] == 0.1 and row["recipe"]["scale"] == pytest.approx((0.08, 0.125))
+    assert row["recipe"]["workers"] == 0 and row["recipe"]["class_weights"] == "median"  # the recipe's own
     # Enough for a few epochs at this size: planned after the first one, never past the plan (the budget may cut it).
     (row,) = bench.main([*argv, "--minutes", "0.2"])
     assert row["epochs_planned"] >= 2 and 45 <= row["steps"] <= row["epochs_planned"] * 45

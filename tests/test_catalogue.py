@@ -285,7 +285,7 @@ CASES = [
     ),
     Case("export --size 0", ["export", "{model}", "--onnx", "{tmp}/m.onnx", "--size", "0"], 2, "--size takes one"),
     Case("train --batch-size abc", ["train", *TINY, "--batch-size", "abc"], 2, "argument --batch-size: invalid int"),
-    Case("train without --model", ["train"], 2, "the following arguments are required: --model"),
+    Case("train without --model", ["train"], 2, "train needs --model NAME (or --recipe NAME"),
     Case("no such command", ["fit"], 2, "invalid choice: 'fit'"),
     Case("models", ["models"], 0, "unet"),
 ]

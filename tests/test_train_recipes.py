@@ -29,8 +29,9 @@ def test_cpu_15min_is_the_measured_recipe():
     assert (job.model, job.model_kwargs, job.dataset) == ("linknet", {"aux_loss": False, "backbone": "resnet18"},
                                                           "camvid")  # fmt: skip
     assert job.plan_epochs and job.time_budget == 870 and job.preload and job.channels_last and job.workers == 0
-    assert (job.crop, job.scale, job.eval_scale, job.optimizer, job.lr) == ((176, 240), (0.4, 0.625), 0.5,
+    assert (job.crop, job.scale, job.eval_scale, job.optimizer, job.lr) == ((176, 240), (0.4, 0.625), 0.625,
                                                                            "adamw", 2e-3)  # fmt: skip
+    assert job.class_weights == "median" and job.batch_size == 8
 
 
 def test_options_beside_the_recipe_win_before_or_after_it():
