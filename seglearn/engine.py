@@ -179,8 +179,8 @@ def _resume(checkpoints: Checkpointer, state: TrainingState, epochs: int, steps:
     Returns the epochs to run: ``epochs``, or with ``keep_plan`` the plan a budget run made after its first epoch."""
     if not checkpoints.restore(state):
         return epochs
-    if keep_plan and state.epoch >= 1:  # planned after epoch 1: the schedule's length is the plan
-        epochs = min(epochs, state.scheduler.total_iters // steps)
+    if keep_plan and state.history.planned_epochs:  # planned after epoch 1: the run is the plan's length
+        epochs = min(epochs, state.history.planned_epochs)
     held = state.epoch + (state.partial is not None)  # an unfinished epoch already holds some of its steps
     if held > epochs:
         raise ValueError(
@@ -190,14 +190,6 @@ def _resume(checkpoints: Checkpointer, state: TrainingState, epochs: int, steps:
     state.history.drop_partial()
     state.scheduler.total_iters = epochs * steps  # a resumed run may ask for more epochs
     return epochs
-
-
-def _set_total_iters(sched: PolyLR, total_iters: int) -> None:
-    """Give the schedule a new length now, the next step's learning rate included."""
-    sched.total_iters = total_iters
-    for group, lr in zip(sched.optimizer.param_groups, sched.get_lr(), strict=True):
-        group["lr"] = lr
-    sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
 
 
 def _check_fit_args(
@@ -311,7 +303,7 @@ def fit(
     bar = progress_bar(range(state.epoch, epochs), enabled=show, desc="fit", unit="epoch", initial=state.epoch,
                        total=epochs)  # fmt: skip
     stop = budget_stop(time_budget_s, device)
-    plan = EpochPlan(time_budget_s, active=plan_epochs and state.epoch == 0)  # a resumed run keeps its plan
+    plan = EpochPlan(time_budget_s, device, active=plan_epochs and not history.planned_epochs)  # kept on resume
     for epoch in bar:
         t_epoch = time.perf_counter()
         D.set_sampler_epoch(train_loader, epoch)
@@ -322,7 +314,7 @@ def fit(
                                progress=show, epoch=epoch, epochs=epochs, start=start, stop=stop)  # fmt: skip
         if (planned := plan.after(stats.complete, start, epochs)) is not None:  # the first epoch's pace
             epochs = history.planned_epochs = bar.total = planned
-            _set_total_iters(sched, epochs * steps)
+            sched.set_total_iters(epochs * steps)
         due = (epoch + 1) % val_every == 0 or epoch + 1 == epochs
         improved = _record_epoch(state, stats, epoch, epoch_rng, val_loader if due or not stats.complete else None,
                                  loss, device, amp=amp, channels_last=channels_last, scales=val_scales)  # fmt: skip

@@ -82,10 +82,11 @@ def planned_epochs(time_budget_s: float, first_epoch_s: float, most: int) -> int
 
 class EpochPlan:
     """``fit(plan_epochs=True)``: once the first epoch is finished, the epochs that fit the budget at its pace
-    (:func:`planned_epochs`), timed on the budget's clock from this object's creation."""
+    (:func:`planned_epochs`), timed on the budget's clock from this object's creation. Under torch.distributed the
+    pace is the mean over ranks, so every rank plans the same number of epochs."""
 
-    def __init__(self, time_budget_s: float | None, active: bool) -> None:
-        self.budget, self.active = time_budget_s, active
+    def __init__(self, time_budget_s: float | None, device: torch.device, active: bool) -> None:
+        self.budget, self.device, self.active = time_budget_s, device, active
         self.t_start = _clock() if active else 0.0  # only when planning: the clock a test steps is not read else
 
     def after(self, complete: bool, start: PartialEpoch | None, most: int) -> int | None:
@@ -93,5 +94,5 @@ class EpochPlan:
         if not (self.active and complete and self.budget is not None):
             return None
         self.active = False
-        first_s = _clock() - self.t_start + (start.seconds if start else 0.0)
-        return planned_epochs(self.budget, first_s, most)
+        first_s = torch.tensor(_clock() - self.t_start + (start.seconds if start else 0.0), device=self.device)
+        return planned_epochs(self.budget, D.all_reduce_sum(first_s).item() / D.get_world_size(), most)

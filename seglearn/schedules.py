@@ -88,3 +88,12 @@ class PolyLR(LRScheduler):
     def get_lr(self) -> list[float]:
         f = poly_factor(self.last_epoch, self.total_iters, self.power, self.warmup_iters, self.warmup_ratio)
         return [base * f for base in self.base_lrs]
+
+    def set_total_iters(self, total_iters: int) -> None:
+        """Give the schedule a new length now: the next step's learning rate is already the new schedule's."""
+        if total_iters < 1:
+            raise ValueError(f"total_iters must be >= 1, got {total_iters}")
+        self.total_iters = total_iters
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

@@ -114,7 +114,7 @@ def ddp_run(tmp_path_factory) -> Path:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "seglearn", "train", "--model", "tinyfcn", "--dataset", "synthetic", "--num-images", "20",
         "--image-size", "32", "48", "--crop", "32", "--epochs", "2", "--batch-size", "4", "--workers", "0",
-        "--lr", "0.05", "--out", str(out),
+        "--lr", "0.05", "--time-budget", "120", "--plan-epochs", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -128,6 +128,7 @@ def test_torchrun_job_writes_run_files_once(ddp_run):
     assert scores["world_size"] == 2
     history = json.loads((ddp_run / "history.json").read_text())
     assert len(history["train_loss"]) == 2
+    assert history["planned_epochs"] == 2  # both ranks planned from the pace averaged over them (at most --epochs)
 
 
 def test_merged_val_scores_equal_one_process_evaluate(ddp_run):
