@@ -68,18 +68,11 @@ def _dataset_and_root(args: argparse.Namespace) -> tuple[str, str | None]:
 def train_job_from_args(args: argparse.Namespace) -> TrainJob:
     """The :class:`~seglearn.job.TrainJob` a parsed ``train`` command line describes (the one place that reads it)."""
     dataset, root = _dataset_and_root(args)
-    return TrainJob(
-        model=args.model, dataset=dataset, root=root, num_images=args.num_images,
-        image_size=args.image_size, crop=args.crop, scale=tuple(args.scale), batch_size=args.batch_size,
-        workers=args.workers, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
-        weight_decay=args.weight_decay, warmup_iters=args.warmup_iters, class_weights=args.class_weights,
-        aux_loss=args.aux_loss, backbone=args.backbone, model_args=parse_model_args(args.model_arg),
-        pretrained_backbone=args.pretrained_backbone, sync_bn=args.sync_bn, preload=args.preload,
-        val_every=args.val_every, channels_last=args.channels_last, amp=not args.no_amp,
-        time_budget=args.time_budget, plan_epochs=args.plan_epochs, eval_scale=args.eval_scale, resume=args.resume,
-        seed=args.seed, device=args.device, out=args.out,
-        argv=args.argv,
-    )  # fmt: skip
+    fields = {f.name for f in dataclasses.fields(TrainJob)}  # every train option is spelled as its TrainJob field
+    values = {key: value for key, value in vars(args).items() if key in fields}
+    values.update(dataset=dataset, root=root, scale=tuple(args.scale), model_args=parse_model_args(args.model_arg),
+                  amp=not args.no_amp, argv=getattr(args, "argv", []))  # fmt: skip
+    return TrainJob(**values)
 
 
 def parse_train_job(argv: Sequence[str]) -> TrainJob:
@@ -291,6 +284,7 @@ def _train_parser(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
     p.add_argument("--model", type=_model_name, help="e.g. unet (`seglearn models` lists them)")
     p.add_argument("--recipe", choices=list(TRAIN_RECIPES), help="a named setup, model included; options given too win")
     _data_args(p, datasets)
+    p.add_argument("--split", default=JOB["split"], help="training split (voc: train or trainaug; default: train)")
     p.add_argument("--epochs", type=int, default=JOB["epochs"])
     p.add_argument(
         "--crop", type=int, nargs="+", default=JOB["crop"], metavar="N", help="training crop: H W or one int"

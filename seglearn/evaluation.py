@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from . import distributed as D
 from .checks import check_batch, check_scales, input_channels, split_batch
+from .data.collate import same_size_groups
 from .metrics import ConfusionMatrix, SegScores
 from .models import logits_of, resize_to
 from .progress import progress_bar
@@ -88,14 +89,14 @@ def evaluate(
     batches = 0
     try:
         for batch in progress_bar(loader, enabled=progress and D.get_rank() == 0, desc="eval", leave=False):
-            images, masks = split_batch(batch)
-            check_batch(images, masks, in_channels)
-            images, masks = _to_device(images, masks, device, channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                scores = logits_of(net(images)) if plain else _averaged_probs(net, images, scales, flip)
-            if cm is None:
-                cm = ConfusionMatrix(scores.shape[1], ignore_index, device=device)
-            cm.update(scores.argmax(1), masks)
+            for images, masks in same_size_groups(*split_batch(batch)):  # a VOC batch: one run per image size
+                check_batch(images, masks, in_channels)
+                images, masks = _to_device(images, masks, device, channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    scores = logits_of(net(images)) if plain else _averaged_probs(net, images, scales, flip)
+                if cm is None:
+                    cm = ConfusionMatrix(scores.shape[1], ignore_index, device=device)
+                cm.update(scores.argmax(1), masks)
             batches += 1
     finally:
         net.train(was_training)

@@ -94,6 +94,7 @@ class TrainJob:
 
     model: str
     dataset: str = "synthetic"
+    split: str = "train"  # the training split (VOC: train or trainaug); val is always "val"
     root: str | Path | None = None
     num_images: int = 64
     image_size: tuple[int, int] | None = None
@@ -312,7 +313,7 @@ def run_train_job(job: TrainJob, quiet: bool = False) -> TrainResult:
     from seglearn.record import run_record
 
     info = D.init_distributed(job.device)
-    train_set, val_set = _datasets(job, ["train", "val"], job.crop)
+    train_set, val_set = _datasets(job, [job.split, "val"], job.crop)
     model = _build_model(job, train_set.num_classes, info)
     net = D.unwrap_model(model)
     loss = None
@@ -321,7 +322,7 @@ def run_train_job(job: TrainJob, quiet: bool = False) -> TrainResult:
 
         loss = SegLoss(class_weights=train_set.class_weights(job.class_weights))
     # What must not change when --resume continues this run (fit adds lr, optimizer and its schedule).
-    recipe = {"model": job.model, "model_kwargs": job.model_kwargs, "dataset": job.dataset, "crop": list(job.crop),
+    recipe = {"model": job.model, "model_kwargs": job.model_kwargs, "dataset": job.dataset, **({"split": job.split} if job.split != "train" else {}), "crop": list(job.crop),
               "batch_size": job.batch_size, "class_weights": job.class_weights}  # fmt: skip
     loaders = [make_loader(ds, batch_size=job.batch_size, train=train, workers=job.workers, seed=job.seed)
                for ds, train in ((train_set, True), (val_set, False))]  # fmt: skip

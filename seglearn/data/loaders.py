@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from seglearn import distributed as D
 
 from .base import worker_context
+from .collate import eval_collate
 from .transforms import eval_transforms, train_transforms
 
 SYNTHETIC_SIZE = (96, 128)  # synthetic scenes when neither an image size nor a crop is given
@@ -30,9 +31,11 @@ def make_loader(
 
     ``train=True`` shuffles with a generator seeded by ``seed`` (the same order for the same seed; under torchrun a
     distributed sampler gives each rank its shard) and drops a last short batch when there is more than one batch,
-    so no batch of one reaches BatchNorm. Evaluation keeps the order; under torchrun each rank scores its own shard,
-    every image exactly once. ``pin_memory`` defaults to whether CUDA is available; preloaded datasets get forked
-    workers (they share the decoded arrays instead of pickling a copy into each).
+    so no batch of one reaches BatchNorm. Evaluation keeps the order, and a batch of images of different sizes
+    (VOC) comes as lists (:func:`~seglearn.data.collate.eval_collate`, which :func:`seglearn.evaluate` scores size by
+    size, so any batch size gives the same scores); under torchrun each rank scores its own shard, every image once.
+    ``pin_memory`` defaults to whether CUDA is available; preloaded datasets get forked workers (they
+    share the decoded arrays instead of pickling a copy into each).
     """
     sampler = D.train_sampler(dataset, seed=seed) if train else D.eval_sampler(dataset)
     return DataLoader(
@@ -46,6 +49,7 @@ def make_loader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=workers > 0,
         multiprocessing_context=worker_context(dataset, workers),
+        collate_fn=None if train else eval_collate,
     )
 
 
