@@ -14,19 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from seglearn.job import (
-    CLASS_WEIGHTS,
-    OPTIMIZERS,
-    JobError,
-    TrainJob,
-    check_choice,
-    check_device,
-    check_out_folder,
-    one_line,
-    parse_model_args,
-    size_pair,
-)
+from seglearn.job import CLASS_WEIGHTS, OPTIMIZERS, TrainJob, one_line, parse_lr_mult, parse_model_args
 from seglearn.names import DATASETS, DOWNLOADABLE, model_names
+from seglearn.options import JobError, check_choice, check_device, check_out_folder, size_pair
 from seglearn.train_recipes import TRAIN_RECIPES, train_recipe
 
 if TYPE_CHECKING:  # torch is imported by the commands that run: --help and option errors answer at once
@@ -71,7 +61,7 @@ def train_job_from_args(args: argparse.Namespace) -> TrainJob:
     fields = {f.name for f in dataclasses.fields(TrainJob)}  # every train option is spelled as its TrainJob field
     values = {key: value for key, value in vars(args).items() if key in fields}
     values.update(dataset=dataset, root=root, scale=tuple(args.scale), model_args=parse_model_args(args.model_arg),
-                  amp=not args.no_amp, argv=getattr(args, "argv", []))  # fmt: skip
+                  lr_mult=parse_lr_mult(args.lr_mult), amp=not args.no_amp, argv=getattr(args, "argv", []))  # fmt: skip
     return TrainJob(**values)
 
 
@@ -298,6 +288,9 @@ def _train_parser(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
     p.add_argument("--plan-epochs", action="store_true", help=plan)
     p.add_argument("--eval-scale", type=float, default=JOB["eval_scale"], help="score val at this input scale")
     p.add_argument("--weight-decay", type=float, default=JOB["weight_decay"])
+    p.add_argument("--schedule", default=JOB["schedule"], help="poly (default) or step:N, x0.1 every N iterations")
+    p.add_argument("--lr-mult", action="append", default=[], metavar="PREFIX=MULT",
+                   help="learning rate x MULT for parameters named PREFIX.* (e.g. classifier=10); repeatable")
     p.add_argument(
         "--warmup-iters", type=int, default=JOB["warmup_iters"], help="linear warm-up steps before the poly schedule"
     )

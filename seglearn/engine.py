@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from .memory import peak_memory_mib, reset_peak_memory
 from .models import logits_of
 from .partial import EpochPlan, PartialEpoch, budget_stop, resumed_batches
 from .progress import LivePlot, in_notebook, progress_bar
-from .schedules import PolyLR, build_optimizer
+from .schedules import build_optimizer, build_schedule
 from .seeding import capture_rng_state, seed_everything, use_worker_seeding
 
 __all__ = ["fit", "train_one_epoch", "EpochStats", "evaluate", "predict", "default_device", "build_optimizer"]
@@ -257,24 +257,23 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None, resume: bool = False, time_budget_s: float | None = None,
     weight_decay: float = 1e-4, momentum: float = 0.9, warmup_iters: int = 0, poly_power: float = 0.9,
     amp: bool = True, channels_last: bool = False, grad_clip: float | None = None, val_every: int = 1,
-    val_scales: Sequence[float] = (1.0,), plan_epochs: bool = False, progress: bool = True,
-    live_plot: bool | None = None, model_spec: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None,
+    val_scales: Sequence[float] = (1.0,), plan_epochs: bool = False, schedule: str = "poly", progress: bool = True,
+    lr_mult: Mapping[str, float] | None = None, live_plot: bool | None = None, model_spec: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
 ) -> History:  # fmt: skip
-    """Train ``model`` with a per-iteration poly schedule; validate, checkpoint and resume. Returns a :class:`History`.
+    """Train ``model`` with a per-iteration schedule; validate, checkpoint and resume. Returns a :class:`History`.
 
     ``model(images)`` may return the seglearn output dict or bare logits; ``loss(output, masks)`` defaults to
-    :class:`seglearn.losses.SegLoss`. ``optimizer`` is an instance or ``"sgd"`` (default) / ``"adamw"``. On CUDA
-    it trains under autocast (bf16, or fp16 with a GradScaler). ``checkpoint_dir`` gets ``last.pt`` after every
-    epoch and ``best.pt`` at the best val mIoU; ``resume=True`` continues exactly from ``last.pt``.
-    ``model_spec`` (default: ``model.model_spec`` from ``create_model``) lets :func:`seglearn.load_model` rebuild the
-    model; ``recipe`` (plain values) is stored with the optimizer's and schedule's settings, and resuming with any
-    of them changed is refused (more epochs are allowed).
-    ``time_budget_s`` (seconds from this call) stops after the first training step that ends past it, mid-epoch
-    too; the model is then validated once more, and ``resume=True`` finishes that epoch exactly. ``plan_epochs``
-    (with a budget): ``epochs`` is the most, and after the first epoch the run takes as many as fit the budget
-    (:class:`seglearn.partial.EpochPlan`; checkpointed, kept on resume). ``val_scales``: :func:`evaluate`'s
-    ``scales`` for the validations. Under torch.distributed: DDP, sharded loaders, rank 0 writes and shows progress.
-    """
+    :class:`seglearn.losses.SegLoss`. ``optimizer``: an instance, ``"sgd"`` (default) or ``"adamw"``; on CUDA under
+    autocast (bf16, or fp16 with a GradScaler). ``checkpoint_dir`` gets ``last.pt`` each epoch and ``best.pt`` at the
+    best val mIoU; ``resume=True`` continues exactly from ``last.pt``. ``model_spec`` (default ``model.model_spec``)
+    lets :func:`seglearn.load_model` rebuild the model; ``recipe`` (plain values) is stored with the optimizer's and
+    schedule's settings, and resuming with any changed is refused (more epochs are allowed). ``time_budget_s``
+    (seconds from this call) stops after the first step that ends past it, mid-epoch too, validates once more, and
+    ``resume=True`` finishes that epoch exactly. ``plan_epochs`` (with a budget): ``epochs`` is the most, and after
+    the first epoch the run takes as many as fit the budget (:class:`seglearn.partial.EpochPlan`; kept on resume).
+    ``val_scales``: :func:`evaluate`'s ``scales``. ``schedule``: "poly" or "step:N" (x0.1 every N iterations);
+    ``lr_mult``: per-layer rate multipliers (``build_optimizer``). torchrun: DDP, sharded loaders, rank 0 writes."""
     _check_fit_args(epochs, val_every, resume, checkpoint_dir, lr, optimizer, val_loader, plan_epochs, time_budget_s)
     if seed is not None:
         seed_everything(seed, getattr(train_loader, "dataset", None))
@@ -285,13 +284,14 @@ def fit(
     val_loader = D.shard_loader(val_loader, train=False)
     use_worker_seeding(train_loader)
     steps = _steps(train_loader)
-    opt = check_lr(build_optimizer(optimizer or "sgd", net, lr, weight_decay, momentum))
-    sched = PolyLR(opt, total_iters=epochs * steps, power=poly_power, warmup_iters=warmup_iters)
+    opt = check_lr(build_optimizer(optimizer or "sgd", net, lr, weight_decay, momentum, lr_mult))
+    sched = build_schedule(schedule, opt, epochs * steps, poly_power, warmup_iters)
     amp_dtype = _amp_dtype(device, amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     loss = _default_loss(loss, device)
     spec = model_spec if model_spec is not None else getattr(net, "model_spec", None)
-    saved = _recipe(opt, optimizer or "sgd", poly_power, warmup_iters, plan_epochs, recipe)
+    extra = {k: v for k, v in {"schedule": schedule, "lr_mult": dict(lr_mult or {})}.items() if v not in ("poly", {})}
+    saved = _recipe(opt, optimizer or "sgd", poly_power, warmup_iters, plan_epochs, {**extra, **dict(recipe or {})})
     state = TrainingState(net, opt, sched, scaler, train_loader, num_classes=num_classes, model_spec=spec, recipe=saved)
     main = D.get_rank() == 0  # the process that writes files and shows progress
     checkpoints = Checkpointer(checkpoint_dir, write=main) if checkpoint_dir is not None else None

@@ -12,8 +12,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
-import operator
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from seglearn.atomic import write_file
 from seglearn.atomic import write_json as write_json
 from seglearn.names import DATASETS, model_names
+from seglearn.options import JobError, check_choice, check_device, check_out_folder, is_int, parse_schedule, size_pair
 
 if TYPE_CHECKING:  # torch and numpy are imported by the functions that train: a bad option is answered at once
     import numpy as np
@@ -30,57 +29,6 @@ if TYPE_CHECKING:  # torch and numpy are imported by the functions that train: a
 MODEL_FILE = "model.pt"
 OPTIMIZERS = ("sgd", "adamw")
 CLASS_WEIGHTS = ("none", "median", "enet")
-
-
-class JobError(ValueError):
-    """A mistake in a job's options or inputs (bad value, missing dataset, refused model option); the CLI reports
-    it as ``seglearn: error: ...`` with exit code 2."""
-
-
-def _is_int(value: Any) -> bool:
-    try:
-        operator.index(value)  # int and numpy integers; not 2.0 or "2"
-    except TypeError:
-        return False
-    return not isinstance(value, bool)
-
-
-def size_pair(value: int | Sequence[int], flag: str) -> tuple[int, int]:
-    """``32`` or ``[32]`` -> (32, 32); ``[32, 48]`` -> (32, 48); anything else is refused naming ``flag``."""
-    values = [value] if _is_int(value) else list(value)
-    if len(values) not in (1, 2) or not all(_is_int(v) and v >= 1 for v in values):
-        raise JobError(f"{flag} takes one or two positive ints (H W), got {' '.join(map(str, values))}")
-    return (int(values[0]), int(values[-1]))
-
-
-_DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)")
-
-
-def check_device(device: str | None, flag: str = "--device") -> None:
-    """Refuse a device name torch would not know, or a GPU this machine does not have (imports torch only then)."""
-    if device is None or device == "cpu":
-        return
-    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
-        raise JobError(f"{flag} {device!r} is not a device: pass cpu, cuda, cuda:N or mps (or leave it out)")
-    import torch
-
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.partition(":")[2] or 0)
-        if index >= count:
-            have = f"{count} GPU(s) are visible" if count else "no CUDA GPU is visible (torch.cuda.is_available())"
-            raise JobError(f"{flag} {device}: {have}; pass {flag} cpu, or leave it out to use what is there")
-    elif not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise JobError(f"{flag} mps: Apple's MPS is not available here; pass {flag} cpu or leave it out")
-
-
-def check_out_folder(out: Path, flag: str = "--out") -> None:
-    """Refuse an output folder that is a file (or lies under one), before any training."""
-    for folder in (out, *out.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise JobError(f"{flag} {out}: {folder} is a file; pass a folder (it gets model.pt, run.json, ...)")
-            return
 
 
 @dataclass
@@ -107,6 +55,8 @@ class TrainJob:
     optimizer: str = "sgd"
     weight_decay: float = 1e-4
     warmup_iters: int = 0
+    schedule: str = "poly"  # or "step:N": x0.1 every N iterations (seglearn.schedules.parse_schedule)
+    lr_mult: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> learning-rate multiplier
     class_weights: str = "none"
     aux_loss: bool = False
     backbone: str | None = None
@@ -141,12 +91,17 @@ class TrainJob:
                   ("--workers", self.workers, 0), ("--epochs", self.epochs, 1),
                   ("--warmup-iters", self.warmup_iters, 0), ("--val-every", self.val_every, 1)]  # fmt: skip
         for flag, value, least in counts:
-            if not _is_int(value) or value < least:
+            if not is_int(value) or value < least:
                 raise JobError(f"{flag} takes an integer >= {least}, got {value!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise JobError(f"--lr takes a finite number > 0 (e.g. 0.01), got {self.lr:g}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise JobError(f"--weight-decay takes a finite number >= 0 (e.g. 1e-4), got {self.weight_decay:g}")
+        try:
+            parse_schedule(self.schedule)
+        except ValueError as err:
+            raise JobError(f"--schedule: {err}") from None
+        self.lr_mult = {str(k): float(v) for k, v in parse_lr_mult(self.lr_mult).items()}
         if self.time_budget is not None and not (self.time_budget >= 0):
             raise JobError(f"--time-budget takes a number of seconds >= 0, got {self.time_budget:g}")
         if self.plan_epochs and self.time_budget is None:
@@ -205,8 +160,8 @@ class TrainJob:
             flag = "--" + f.name.replace("_", "-")
             if f.name == "amp":
                 args.append("--no-amp")
-            elif f.name == "model_args":
-                args += [a for k, v in value.items() for a in ("--model-arg", f"{k}={_literal(v)}")]
+            elif f.name in ("model_args", "lr_mult"):
+                args += [a for k, v in value.items() for a in (flag.rstrip("s"), f"{k}={_literal(v)}")]
             elif isinstance(value, bool):
                 args.append(flag)
             elif isinstance(value, tuple):
@@ -230,6 +185,21 @@ def parse_model_args(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def parse_lr_mult(pairs: Sequence[str] | dict[str, float]) -> dict[str, float]:
+    """``["classifier=10"]`` (``--lr-mult``) or a dict -> ``{"classifier": 10.0}``; each multiplier a number > 0."""
+    items = pairs.items() if isinstance(pairs, dict) else (p.partition("=")[::2] for p in pairs)
+    out = {}
+    for prefix, raw in items:
+        try:
+            mult = float(raw)
+        except (TypeError, ValueError):
+            mult = math.nan
+        if not prefix or not (math.isfinite(mult) and mult > 0):
+            raise JobError(f"--lr-mult takes PREFIX=MULT with MULT > 0 (e.g. classifier=10), got {prefix}={raw}")
+        out[prefix] = mult
+    return out
+
+
 def _literal(value: Any) -> str:
     """How ``--model-arg KEY=VALUE`` spells ``value``: a bare word for a string that reads as no literal, else repr."""
     if isinstance(value, str):
@@ -238,11 +208,6 @@ def _literal(value: Any) -> str:
         except (ValueError, SyntaxError):
             return value
     return repr(value)
-
-
-def check_choice(value: Any, choices: Sequence[str], flag: str, hint: str = "") -> None:
-    if value not in choices:
-        raise JobError(f"{flag} {value!r} is not one of: {', '.join(choices)}{hint}")
 
 
 @dataclass
@@ -322,8 +287,10 @@ def run_train_job(job: TrainJob, quiet: bool = False) -> TrainResult:
 
         loss = SegLoss(class_weights=train_set.class_weights(job.class_weights))
     # What must not change when --resume continues this run (fit adds lr, optimizer and its schedule).
-    recipe = {"model": job.model, "model_kwargs": job.model_kwargs, "dataset": job.dataset, **({"split": job.split} if job.split != "train" else {}), "crop": list(job.crop),
+    recipe = {"model": job.model, "model_kwargs": job.model_kwargs, "dataset": job.dataset, "crop": list(job.crop),
               "batch_size": job.batch_size, "class_weights": job.class_weights}  # fmt: skip
+    if job.split != "train":  # only when set: older run folders still resume
+        recipe["split"] = job.split
     loaders = [make_loader(ds, batch_size=job.batch_size, train=train, workers=job.workers, seed=job.seed)
                for ds, train in ((train_set, True), (val_set, False))]  # fmt: skip
     if info.device.type == "cuda":
@@ -334,7 +301,7 @@ def run_train_job(job: TrainJob, quiet: bool = False) -> TrainResult:
             seed=job.seed, checkpoint_dir=job.out / "checkpoints", resume=job.resume, time_budget_s=job.time_budget,
             model_spec=net.model_spec, recipe=recipe, weight_decay=job.weight_decay, warmup_iters=job.warmup_iters,
             val_every=job.val_every, amp=job.amp, channels_last=job.channels_last, plan_epochs=job.plan_epochs,
-            val_scales=(job.eval_scale,),
+            val_scales=(job.eval_scale,), schedule=job.schedule, lr_mult=job.lr_mult,
         )  # fmt: skip
     except (ValueError, FloatingPointError, OSError) as err:  # --resume on another recipe, a bad mask, a diverged run
         raise JobError(one_line(err)) from None
