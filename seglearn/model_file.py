@@ -126,7 +126,11 @@ def load_model(
     hint = "pass a model.pt written by `seglearn train`, or a last.pt/best.pt written by fit"
     ckpt = read_torch_file(path, "seglearn model file", hint)  # truncated, a PNG, a pickle: one line each
     spec, meta, state = _read(path, ckpt)
-    model = create_model(spec["model"], int(spec["num_classes"]), **dict(spec.get("model_kwargs") or {}))
+    kwargs = dict(spec.get("model_kwargs") or {})
+    head = state.get("head.1.weight")
+    if spec["model"] == "deeplabv3" and "head" not in kwargs and getattr(head, "shape", ())[-1:] == (3,):
+        kwargs["head"] = "torchvision"  # written before head= existed, when torchvision's (a 3x3 conv) was the one
+    model = create_model(spec["model"], int(spec["num_classes"]), **kwargs)
     state = renamed_state_dict(state, model)
     check_state_dict(state, model, source=str(path), saved_spec=spec)
     model.load_state_dict(state)

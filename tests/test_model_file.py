@@ -168,3 +168,15 @@ def test_legacy_files_from_before_backbone_and_head_load(tmp_path):
     loaded, meta = load_model(tmp_path / "segnet.pt", return_meta=True)
     assert meta["model_spec"] == {"model": "segnet_basic", "num_classes": 3, "model_kwargs": {}}
     _same_outputs(loaded, basic)
+
+
+def test_deeplabv3_files_from_before_head_load_with_torchvisions_head(tmp_path):
+    """Until head= existed, deeplabv3 had torchvision's head; such a file's spec names no head."""
+    torch.manual_seed(0)
+    old = create_model("deeplabv3", 3, backbone="resnet18", head="torchvision").eval()
+    torch.save({"model": "deeplabv3", "num_classes": 3, "model_kwargs": {"backbone": "resnet18"},
+                "state_dict": old.state_dict()}, tmp_path / "old.pt")  # fmt: skip
+    _same_outputs(load_model(tmp_path / "old.pt"), old)
+    new = create_model("deeplabv3", 3, backbone="resnet18").eval()  # the paper's head, the default now
+    save_model(tmp_path / "new.pt", new)
+    _same_outputs(load_model(tmp_path / "new.pt"), new)
