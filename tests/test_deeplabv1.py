@@ -8,7 +8,7 @@ from torch import nn
 
 from seglearn.models import SegmentationModel, count_parameters, create_model
 from seglearn.models.backbones import VGGBackbone
-from seglearn.models.deeplabv1 import VARIANTS, DeepLabV1Head, decimate_fc6, decimate_fc7
+from seglearn.models.deeplabv1 import VARIANTS, DeepLabV1Head, MScBranch, decimate_fc6, decimate_fc7
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # from conftest
 
@@ -176,6 +176,108 @@ def test_backward_reaches_the_first_layer(model: SegmentationModel) -> None:
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+@pytest.fixture(scope="module")
+def msc_model() -> SegmentationModel:
+    torch.manual_seed(0)
+    return create_model("deeplabv1", 21, msc=True, aux_loss=True).eval()
+
+
+def test_msc_adds_five_128_channel_branches_before_fc8(msc_model: SegmentationModel) -> None:
+    """Section 4.2: input + pool1..pool4, 128 3x3 then 128 1x1 filters each; fc8 sees fc7's 1024 + 5 * 128."""
+    head = msc_model.head
+    assert head.fc8.in_channels == 1024 + 5 * 128
+    assert len(head.msc) == 5 and all(isinstance(b, MScBranch) for b in head.msc)
+    first = [b[0] for b in head.msc]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in first] == [
+        (3, 128, (3, 3), (8, 8), (1, 1)),  # the image: stride 8 brings it to fc7's grid
+        (64, 128, (3, 3), (4, 4), (1, 1)),  # pool1 (H/2)
+        (128, 128, (3, 3), (2, 2), (1, 1)),  # pool2 (H/4)
+        (256, 128, (3, 3), (1, 1), (1, 1)),  # pool3 (H/8)
+        (512, 128, (3, 3), (1, 1), (1, 1)),  # pool4 (H/8, kept by the atrous rewrite)
+    ]
+    assert all((b[3].in_channels, b[3].out_channels, b[3].kernel_size) == (128, 128, (1, 1)) for b in head.msc)
+    assert msc_model.aux_head[0].in_channels == 512  # aux still taps pool4 with the input in front
+    with torch.device("meta"):
+        wide = create_model("deeplabv1", 21, variant="4x4", msc=True)
+    assert wide.head.fc8.in_channels == 4096 + 640  # the branches keep 128 channels whatever fc7's width
+
+
+@pytest.fixture(scope="module")
+def msc_caffe() -> SegmentationModel:
+    torch.manual_seed(0)
+    return create_model("deeplabv1", 5, msc=True, caffe_pooling=True).eval()
+
+
+@pytest.mark.parametrize("caffe_pooling", [False, True])
+def test_msc_any_input_size(caffe_pooling: bool, msc_model: SegmentationModel, msc_caffe: SegmentationModel) -> None:
+    m = msc_caffe if caffe_pooling else msc_model
+    with torch.no_grad():
+        for size in [(33, 17), (67, 93), (100, 75)]:
+            out = m(torch.randn(1, 3, *size))
+            assert out["out"].shape == (1, m.head.fc8.out_channels, *size)
+    if not caffe_pooling:  # msc_model has the aux head: it still taps pool4
+        assert out["aux"].shape == (1, 21, 100, 75)
+
+
+def test_msc_branches_land_on_fc7s_grid_and_short_ones_are_zero_padded(msc_caffe: SegmentationModel) -> None:
+    """Caffe pools at 8k+1 (81 -> 11): every branch map is fc7's size. At 100 x 75 fc7 is 14 x 11 but the strided
+    image branch is 13 x 10: its missing last row and column reach fc8 as zeros."""
+    m = msc_caffe
+    sizes, fc8_in = [], []
+    hooks = [b.register_forward_hook(lambda mod, inp, out: sizes.append(tuple(out.shape[-2:]))) for b in m.head.msc]
+    hooks.append(m.head.fc8.register_forward_hook(lambda mod, inp, out: fc8_in.append(inp[0])))
+    try:
+        with torch.no_grad():
+            m(torch.randn(1, 3, 81, 81))
+            assert sizes == [(11, 11)] * 5 and fc8_in[0].shape[-2:] == (11, 11)
+            sizes.clear()
+            m(torch.rand(1, 3, 100, 75) + 1)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert sizes[0] == (13, 10) and sizes[3] == (14, 11)  # image branch vs pool3 branch (stride 1)
+    image_branch = fc8_in[1][0, 1024 : 1024 + 128]
+    assert (image_branch[:, -1] == 0).all() and (image_branch[:, :, -1] == 0).all()
+    assert image_branch[:, :-1, :-1].abs().sum() > 0
+
+
+def test_msc_parameter_delta_is_the_five_branches() -> None:
+    with torch.device("meta"):
+        plain = count_parameters(create_model("deeplabv1", 21))
+        msc = count_parameters(create_model("deeplabv1", 21, msc=True))
+    conv3 = sum(c * 128 * 9 + 128 for c in (3, 64, 128, 256, 512))  # 3x3 layers on the input, pool1..pool4
+    conv1 = 5 * (128 * 128 + 128)  # 1x1 layers
+    fc8 = 5 * 128 * 21  # fc8's new input columns (its bias is shared)
+    assert msc - plain == conv3 + conv1 + fc8 == 1_206_016
+    assert plain == 20_505_429  # msc=False: DeepLab-LargeFOV as before
+
+
+def test_msc_false_is_unchanged(model: SegmentationModel, msc_model: SegmentationModel) -> None:
+    assert model.head.msc is None and model.head.fc8.in_channels == 1024
+    assert not any("msc" in k for k in model.state_dict())
+    with torch.no_grad():
+        assert len(model.backbone(torch.zeros(1, 3, 16, 16))) == 5  # pool1..pool5, no input in front
+        feats = msc_model.backbone(torch.zeros(1, 3, 16, 16))
+    assert len(feats) == 6 and feats[0].shape == (1, 3, 16, 16)
+    assert msc_model.backbone.channels == [3, 64, 128, 256, 512, 512]
+    assert msc_model.backbone.reductions == [1, 2, 4, 8, 8, 8]
+    # same backbone and fc6/fc7 keys: a plain DeepLab's VGG weights load into the MSc model as they are
+    keys = {k for k in model.state_dict() if not k.startswith("head.fc8")}
+    assert keys <= set(msc_model.state_dict())
+
+
+def test_msc_backward_reaches_every_branch(msc_model: SegmentationModel) -> None:
+    msc_model.train()
+    try:
+        x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 21, (2, 32, 32))
+        nn.functional.cross_entropy(msc_model(x)["out"], y).backward()
+        assert all(b[0].weight.grad.abs().sum() > 0 for b in msc_model.head.msc)
+        assert msc_model.backbone.features[0].weight.grad.abs().sum() > 0
+    finally:
+        msc_model.zero_grad(set_to_none=True)
+        msc_model.eval()
 
 
 def test_bad_arguments_raise() -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import albumentations as A
 import cv2
 import numpy as np
 import pytest
 import torch
+from albumentations.pytorch import ToTensorV2
 
 from seglearn.data import CAMVID_PALETTE, SyntheticScenes, denormalize, eval_transforms, train_transforms
+from seglearn.data.transforms import MASK_INTERPOLATION
 
 CLASSES = np.array([0, 3, 7, 10])
 
@@ -156,6 +159,103 @@ def test_bad_preset_arguments() -> None:
         train_transforms(32, scale=(2.0, 1.0))
     with pytest.raises(ValueError, match="size"):
         eval_transforms((0, 10))
+    for angle in (-10, 180.5, float("nan")):
+        with pytest.raises(
+            ValueError, match=r"rotate is the largest absolute angle in degrees: pass 0 <= rotate <= 180"
+        ):
+            train_transforms(32, rotate=angle)
+
+
+def test_voc_image_smaller_than_the_crop_is_padded_with_0_and_ignore() -> None:
+    """A 281x500 VOC image at crop 321 (height padded) or 513 (both padded), scale 1: every original pixel survives
+    unchanged, in one block, and exactly the padding is 0 in the image and 255 in the mask."""
+    rng = np.random.default_rng(8)
+    mask = rng.choice(np.arange(21), (281, 500)).astype(np.uint8)
+    image = rng.integers(1, 256, (281, 500, 3), dtype=np.uint8)  # never 0, so padding is recognisable
+    for crop in (321, 513):
+        out_image, out_mask = _run(train_transforms(crop, scale=(1.0, 1.0), hflip=False), image, mask)
+        assert out_mask.shape == (crop, crop)
+        rows, cols = np.nonzero(out_mask != 255)
+        top, left = rows.min(), cols.min()
+        kept_h, kept_w = min(281, crop), min(500, crop)
+        assert (rows.max() - top + 1, cols.max() - left + 1) == (kept_h, kept_w)
+        assert (out_mask == 255).sum() == crop * crop - kept_h * kept_w
+        np.testing.assert_array_equal(out_mask == 255, (out_image == 0).all(-1))
+        window = out_mask[top : top + kept_h, left : left + kept_w]
+        hits = [x for x in range(500 - kept_w + 1) if np.array_equal(mask[:, x : x + kept_w], window)]
+        assert len(hits) == 1  # the labelled block is the image's own, uncut rows and a window of its columns
+        np.testing.assert_array_equal(
+            out_image[top : top + kept_h, left : left + kept_w], image[:, hits[0] : hits[0] + kept_w]
+        )
+
+
+def _seeded(preset: A.Compose, seed: int, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    preset.set_random_seed(seed)
+    return _run(preset, image, mask)
+
+
+def test_rotate_exposes_ignore_corners_never_class_0() -> None:
+    """rotate=10 on a constant class-3 mask: only 3 and 255 come out, the corners turn 255 for most angles, the centre
+    disk (inside the image at any angle) stays 3, and the image is 0 exactly where the mask is 255."""
+    mask = np.full((64, 64), 3, np.uint8)
+    image = np.full((64, 64, 3), 200, np.uint8)
+    preset = train_transforms(64, scale=(1.0, 1.0), hflip=False, rotate=10, interpolation=cv2.INTER_NEAREST_EXACT)
+    yy, xx = np.mgrid[:64, :64]
+    centre = (yy - 31.5) ** 2 + (xx - 31.5) ** 2 < 30**2
+    cornered = 0
+    for seed in range(20):
+        out_image, out_mask = _seeded(preset, seed, image, mask)
+        assert set(np.unique(out_mask)) <= {3, 255}
+        assert (out_mask[centre] == 3).all()
+        np.testing.assert_array_equal(out_mask == 255, (out_image == 0).all(-1))
+        cornered += all(out_mask[y, x] == 255 for y in (0, -1) for x in (0, -1))
+    assert cornered >= 10, "angles beyond ~1.5 degrees must uncover all four corner pixels"
+    _, out_mask = _seeded(train_transforms(64, scale=(1.0, 1.0), rotate=10, ignore_index=100), 0, image, mask)
+    assert set(np.unique(out_mask)) == {3, 100}
+
+
+def test_rotate_keeps_the_mask_on_the_bilinear_image() -> None:
+    """Two classes drawn dark/bright: after a bilinear rotation the image's bright pixels are the mask's class 7.
+
+    Aligned, under 1% of labelled pixels (block corners) disagree; a quarter-pixel shift of the mask makes ~3%.
+    """
+    rng = np.random.default_rng(9)
+    coarse = rng.choice(np.array([3, 7], np.uint8), (17, 17))
+    mask = np.kron(coarse, np.ones((4, 4), np.uint8))[:64, :64]
+    image = np.where(mask[..., None] == 7, 250, 5).astype(np.uint8).repeat(3, -1)
+    preset = train_transforms(64, scale=(1.0, 1.0), hflip=False, rotate=10)
+    rotated = 0
+    for seed in range(10):
+        out_image, out_mask = _seeded(preset, seed, image, mask)
+        labelled = out_mask != 255
+        wrong = (out_image[..., 0] > 127) != (out_mask == 7)
+        assert wrong[labelled].mean() < 0.01
+        rotated += not np.array_equal(out_mask, mask)
+    assert rotated >= 8  # only angles within a fraction of a degree leave the mask as it was
+
+
+def test_rotate_0_is_the_unrotated_pipeline() -> None:
+    """rotate=0 adds no step: the preset is the scale-pad-crop-flip pipeline and gives the same draws for a seed."""
+    preset = train_transforms((32, 48), rotate=0.0)
+    names = [type(t).__name__ for t in preset.transforms]
+    assert names == ["RandomScale", "PadIfNeeded", "RandomCrop", "HorizontalFlip", "Normalize", "ToTensorV2"]
+    assert "Rotate" in [type(t).__name__ for t in train_transforms((32, 48), rotate=5).transforms]
+    reference = A.Compose(
+        [
+            A.RandomScale(scale_limit=(-0.5, 1.0), mask_interpolation=MASK_INTERPOLATION, p=1.0),
+            A.PadIfNeeded(32, 48, position="random", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=255),
+            A.RandomCrop(32, 48),
+            A.HorizontalFlip(p=0.5),
+            A.Normalize(),
+            ToTensorV2(),
+        ]
+    )
+    rng = np.random.default_rng(10)
+    for seed in range(5):
+        image, mask = _blocky_pair(rng, 40, 30)
+        got, want = _seeded(preset, seed, image, mask), _seeded(reference, seed, image, mask)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_dataset_with_preset_returns_float_image_and_long_mask() -> None:

@@ -35,20 +35,45 @@ def train_transforms(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     interpolation: int = cv2.INTER_LINEAR,
+    rotate: float = 0.0,
 ) -> A.Compose:
-    """Random scale -> pad (image 0, mask ``ignore_index``) -> random crop -> horizontal flip -> normalize -> tensor.
+    """Random scale -> [random rotation] -> pad (image 0, mask ``ignore_index``) -> random crop -> horizontal flip ->
+    normalize -> tensor.
 
     Output of ``preset(image=uint8 (H, W, 3), mask=uint8 (H, W))``: image float32 (3, h, w), mask (h, w) with
     ``(h, w) = crop_size``. ``interpolation`` is the image's; the mask is always nearest-neighbour (centre-aligned).
+    An image smaller than the crop is padded (at a random position) with 0 and its mask with ``ignore_index``.
+    ``rotate`` (degrees, 0 to 180): rotate by an angle drawn uniformly from [-rotate, rotate] about the centre,
+    keeping the size; the corners it uncovers are 0 in the image and ``ignore_index`` in the mask (EncNet, Zhang et
+    al. CVPR 2018, trains with ``rotate=10``). ``rotate=0`` adds no rotation step at all.
     """
     h, w = _hw(crop_size, "crop_size")
     lo, hi = scale
     if not 0 < lo <= hi:
         raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}")
+    if not 0 <= rotate <= 180:
+        raise ValueError(f"rotate is the largest absolute angle in degrees: pass 0 <= rotate <= 180, got {rotate!r}")
     steps = [
         A.RandomScale(
             scale_limit=(lo - 1, hi - 1), interpolation=interpolation, mask_interpolation=MASK_INTERPOLATION, p=1.0
-        ),
+        )
+    ]
+    if rotate:
+        # Before pad and crop, so only the rotated image's own corners need a fill: ignore, never a class (a plain
+        # rotation fills 0, which is VOC's background). cv2.warpAffine has no INTER_NEAREST_EXACT and needs none: its
+        # nearest rounds the very source coordinate its bilinear interpolates at, so the mask stays on the image.
+        steps.append(
+            A.Rotate(
+                limit=(-rotate, rotate),
+                interpolation=cv2.INTER_NEAREST if interpolation == cv2.INTER_NEAREST_EXACT else interpolation,
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=ignore_index,
+                p=1.0,
+            )
+        )
+    steps += [
         A.PadIfNeeded(
             min_height=h,
             min_width=w,

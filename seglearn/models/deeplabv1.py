@@ -3,13 +3,17 @@
 The ImageNet VGG16 is re-purposed in place: pool4 and pool5 keep the resolution (3x3, stride 1, padding 1), conv5 is
 dilated by 2 to see what it saw before pool4's stride was removed, and the fully connected fc6/fc7 become
 convolutions whose weights are *decimated* (sub-sampled) from VGG16's fc6 (4096x512x7x7) and fc7 (4096x4096).
+``msc=True`` adds the paper's multi-scale prediction (DeepLab-MSc, Section 4.2): small MLPs on the input and on
+pool1-pool4 whose features join fc7's before the classifier.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import VGGBackbone
@@ -36,6 +40,7 @@ VARIANTS: dict[str, FC6Config] = {
 }
 
 _VGG_FC_CHANNELS, _VGG_FC_KERNEL = 4096, 7
+MSC_CHANNELS = 128  # Section 4.2: each branch is 128 3x3 filters, then 128 1x1 filters (5 * 128 = 640 channels)
 
 
 def decimate_fc6(weight: Tensor, bias: Tensor, kernel_size: int, out_channels: int) -> tuple[Tensor, Tensor]:
@@ -64,19 +69,51 @@ def _step(total: int, kept: int) -> int:
     return total // kept
 
 
+class MScBranch(nn.Sequential):
+    """One DeepLab-MSc branch: 3x3 conv (128, ``stride``, padding 1) -> ReLU -> dropout -> 1x1 conv (128) -> ReLU ->
+    dropout.
+
+    The stride takes the tapped map to fc7's grid (input 8, pool1 4, pool2 2, pool3/pool4 1), as the released
+    DeepLab-MSc prototxts stride the branches' first convolution; the dropout after each layer is theirs too.
+    Shapes: (N, in_channels, s*h, s*w) -> (N, 128, h, w).
+    """
+
+    def __init__(self, in_channels: int, stride: int, dropout: float = 0.5, channels: int = MSC_CHANNELS) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(channels, channels, 1),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+        )
+
+
 class DeepLabV1Head(nn.Module):
     """fc6 (atrous k x k) -> ReLU -> dropout -> fc7 (1x1) -> ReLU -> dropout -> fc8 (1x1 classifier).
 
-    Shapes: ``feats[-1]`` (N, 512, H/8, W/8) -> (N, num_classes, H/8, W/8).
+    ``msc``: ``(in_channels, stride)`` of each MSc branch, fine to coarse; their outputs are concatenated with fc7's
+    (fc8 then sees ``c + 128 * len(msc)`` channels), and ``feats`` must then start with those maps.
+    Shapes: ``feats[-1]`` (N, 512, H/8, W/8) -> (N, num_classes, H/8, W/8); with ``msc`` also ``feats[i]``
+    (N, msc[i][0], H/8 * msc[i][1], W/8 * msc[i][1]) for each branch i.
     """
 
-    def __init__(self, num_classes: int, config: FC6Config, in_channels: int = 512, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        config: FC6Config,
+        in_channels: int = 512,
+        dropout: float = 0.5,
+        msc: Sequence[tuple[int, int]] = (),
+    ) -> None:
         super().__init__()
         k, r, c = config.kernel_size, config.rate, config.channels
         # (k - 1) * r is even for every variant, so symmetric padding keeps the size.
         self.fc6 = nn.Conv2d(in_channels, c, k, padding=(k - 1) * r // 2, dilation=r)
         self.fc7 = nn.Conv2d(c, c, 1)
-        self.fc8 = nn.Conv2d(c, num_classes, 1)
+        # None, not an empty list, without MSc: the state dict and the module printout stay exactly DeepLab's.
+        self.msc = nn.ModuleList(MScBranch(ch, s, dropout) for ch, s in msc) if msc else None
+        self.fc8 = nn.Conv2d(c + MSC_CHANNELS * len(msc), num_classes, 1)
         self.relu = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(dropout)  # Caffe's element-wise dropout
         # DeepLab's prototxt: fc8 ~ N(0, 0.01), bias 0.
@@ -97,7 +134,25 @@ class DeepLabV1Head(nn.Module):
     def forward(self, feats: list[Tensor]) -> Tensor:
         x = self.dropout(self.relu(self.fc6(feats[-1])))
         x = self.dropout(self.relu(self.fc7(x)))
+        if self.msc is not None:
+            h, w = x.shape[-2:]
+            # Caffe's ceil-mode pools give fc7 one more cell than a strided branch at sizes other than 8k+1; the cells
+            # both have are centred on the same pixels, so the branch's missing last row/column is zero-padded.
+            side = [branch(f) for branch, f in zip(self.msc, feats, strict=False)]
+            side = [F.pad(s, (0, w - s.shape[-1], 0, h - s.shape[-2])) for s in side]
+            x = torch.cat([x, *side], dim=1)
         return self.fc8(x)
+
+
+class VGGWithInput(VGGBackbone):
+    """A :class:`VGGBackbone` that returns its input ahead of the stages, ``[x, pool1, ..., pool5]``, so that
+    DeepLab-MSc can attach a branch to the image; same modules and state-dict keys as :class:`VGGBackbone`.
+
+    Shapes: (N, 3, H, W) -> [(N, 3, H, W), *VGGBackbone's five maps].
+    """
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return [x, *super().forward(x)]
 
 
 def make_atrous_vgg(backbone: VGGBackbone, caffe_pooling: bool = False) -> VGGBackbone:
@@ -144,6 +199,7 @@ def deeplabv1(
     variant: str = "largefov",
     caffe_pooling: bool = False,
     dropout: float = 0.5,
+    msc: bool = False,
 ) -> SegmentationModel:
     """DeepLab v1 (default: DeepLab-LargeFOV) on VGG16 at output stride 8, logits up-sampled 8x bilinearly.
 
@@ -156,13 +212,36 @@ def deeplabv1(
     ``caffe_pooling=True`` uses the released Caffe model's 3x3 stride-2 padding-1 ceil-mode pools instead
     (321x321 -> 41x41).
 
-    Shapes: (N, 3, H, W) -> ``{"out": (N, num_classes, H, W)}`` (plus ``"aux"`` from conv4 when ``aux_loss``).
+    ``msc=True`` is DeepLab-MSc (Section 4.2, "multi-scale prediction"; with the default variant
+    DeepLab-MSc-LargeFOV): a :class:`MScBranch` (128 3x3 filters, then 128 1x1 filters, ReLU and dropout after each)
+    on the input image and on pool1..pool4, always 128 channels wide whatever the fc7 width, concatenated with fc7's
+    output, so fc8 sees fc7's width + 640 channels (1024 + 640 for LargeFOV). What differs from the paper:
+
+    - the branches reach fc7's stride-8 grid by striding their 3x3 convolution (8, 4, 2, 1, 1), as the released
+      prototxts do; each prototxt branch also has its own classifier whose scores are summed with fc8's, which is
+      this one classifier on the concatenation, less five redundant bias vectors.
+    - with the default 2x2 pools the input/pool1/pool2 branches' cells are centred 3.5/3/2 pixels up-left of fc7's
+      (the learned 3x3 filters absorb it); ``caffe_pooling=True`` centres them exactly, as in the released model,
+      and zero-pads a branch that is a cell short of fc7 (ceil-mode pools at sizes other than 8k+1).
+    - the paper trains only the newly added weights on top of a trained DeepLab, keeping the others fixed; here
+      everything trains together unless you freeze the rest yourself (the branches are ``head.msc``, their weights
+      in fc8 its last 640 input columns). The branches start from PyTorch's default initialisation, not the released
+      prototxts' fillers.
+
+    Shapes: (N, 3, H, W) -> ``{"out": (N, num_classes, H, W)}`` (plus ``"aux"`` from conv4 when ``aux_loss``);
+    with ``msc`` ``model.backbone(x)`` returns ``[x, pool1, ..., pool5]``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown DeepLab v1 variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
-    vgg = make_atrous_vgg(VGGBackbone(backbone, pretrained=pretrained_backbone, keep_classifier=pretrained_backbone),
+    body = VGGWithInput if msc else VGGBackbone
+    vgg = make_atrous_vgg(body(backbone, pretrained=pretrained_backbone, keep_classifier=pretrained_backbone),
                           caffe_pooling)  # fmt: skip
-    head = DeepLabV1Head(num_classes, VARIANTS[variant], vgg.channels[-1], dropout)
+    branches: list[tuple[int, int]] = []
+    if msc:
+        vgg.channels, vgg.reductions = [3, *vgg.channels], [1, *vgg.reductions]
+        # input and pool1..pool4; each branch's stride brings its map to pool5's (= fc7's) stride 8
+        branches = [(c, vgg.reductions[-1] // r) for c, r in zip(vgg.channels[:-1], vgg.reductions[:-1], strict=True)]
+    head = DeepLabV1Head(num_classes, VARIANTS[variant], vgg.channels[-1], dropout, msc=branches)
     if vgg.classifier is not None:
         head.load_vgg_classifier(vgg.classifier)
         vgg.classifier = None  # fc6/fc7 now live, decimated, in the head
