@@ -294,6 +294,7 @@ def _train_parser(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
     p.add_argument(
         "--warmup-iters", type=int, default=JOB["warmup_iters"], help="linear warm-up steps before the poly schedule"
     )
+    p.add_argument("--rotate", type=float, default=JOB["rotate"], metavar="DEG", help="random rotation, up to DEG")
     p.add_argument("--scale", type=float, nargs=2, default=JOB["scale"], metavar=("MIN", "MAX"),
                    help="random rescale range of training images before the crop (default: 0.5 2.0)")  # fmt: skip
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=JOB["class_weights"],

@@ -48,6 +48,7 @@ class TrainJob:
     image_size: tuple[int, int] | None = None
     crop: tuple[int, int] = (96, 128)
     scale: tuple[float, float] = (0.5, 2.0)
+    rotate: float = 0.0  # training: random rotation by up to this many degrees (EncNet: 10)
     batch_size: int = 8
     workers: int = 2
     epochs: int = 10
@@ -106,6 +107,8 @@ class TrainJob:
             raise JobError(f"--time-budget takes a number of seconds >= 0, got {self.time_budget:g}")
         if self.plan_epochs and self.time_budget is None:
             raise JobError("--plan-epochs plans the epochs that fit a time budget: give --time-budget S too")
+        if not (math.isfinite(self.rotate) and 0 <= self.rotate <= 180):
+            raise JobError(f"--rotate takes the largest angle in degrees, 0 to 180 (EncNet: 10), got {self.rotate:g}")
         if not (math.isfinite(self.eval_scale) and self.eval_scale > 0):
             raise JobError(f"--eval-scale takes a number > 0 (e.g. 0.5), got {self.eval_scale:g}")
         self.model_args = dict(self.model_args)
@@ -239,7 +242,7 @@ def _datasets(job: TrainJob, splits: Sequence[str], crop: tuple[int, int] | None
 
     try:
         return job_datasets(job.dataset, splits, root=job.root, crop=crop, scale=job.scale, num_images=job.num_images,
-                            image_size=job.image_size, preload=job.preload)  # fmt: skip
+                            image_size=job.image_size, preload=job.preload, rotate=job.rotate)  # fmt: skip
     except (OSError, ValueError, RuntimeError) as err:  # a missing folder, or a bad file found by preload
         raise JobError(str(err)) from None
 

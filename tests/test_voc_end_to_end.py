@@ -94,3 +94,17 @@ def test_an_unknown_split_is_one_line(tmp_path, capsys, shared_voc):
         main(argv)
     assert info.value.code == 2
     assert "unknown VOC split 'nope'" in capsys.readouterr().err
+
+
+def test_rotate_reaches_the_training_transforms_only(shared_voc):
+    import albumentations as A
+
+    from seglearn.data import job_datasets
+    from seglearn.job import TrainJob
+
+    train, val = job_datasets("voc", ["train", "val"], root=shared_voc, crop=(64, 64), rotate=10)
+    rotations = [t for t in train.transforms.transforms if isinstance(t, A.Rotate)]
+    assert len(rotations) == 1 and tuple(rotations[0].limit) == (-10, 10)
+    assert not any(isinstance(t, A.Rotate) for t in val.transforms.transforms)
+    with pytest.raises(ValueError, match="--rotate takes the largest angle"):
+        TrainJob("tinyfcn", rotate=200)

@@ -63,9 +63,11 @@ def job_datasets(
     num_images: int = 64,
     image_size: tuple[int, int] | None = None,
     preload: bool = False,
+    rotate: float = 0.0,
 ) -> list[Dataset]:
     """Dataset ``name`` for each of ``splits``: the first with the training preset (random rescale by ``scale``,
-    crop to ``crop``) when ``crop`` is given, the others (or all, without a crop) with the eval preset.
+    rotation by up to ``rotate`` degrees, crop to ``crop``) when ``crop`` is given, the others (or all, without a
+    crop) with the eval preset.
 
     Synthetic: ``num_images`` scenes for train and a quarter of that (at least 4) for the other splits, of size
     ``image_size``, else the crop, else 96x128. ``preload`` decodes every camvid/voc image once into memory.
@@ -75,7 +77,7 @@ def job_datasets(
 
     out = []
     for i, split in enumerate(splits):
-        tf = train_transforms(crop, scale=scale) if crop is not None and i == 0 else eval_transforms()
+        tf = train_transforms(crop, scale=scale, rotate=rotate) if crop is not None and i == 0 else eval_transforms()
         kw: dict = {"preload": preload}  # synthetic ignores it
         if name == "synthetic":
             kw["num_images"] = num_images if split == "train" else max(4, num_images // 4)
