@@ -65,15 +65,17 @@ class Row:
         return self.recipe.note
 
 
-def roster() -> list[Row]:
-    """Every FULL row, in roster order: ``seglearn.models.full_recipes()``, where each model declares its recipes
-    (the chapters train the same ones, so the executed notebooks and this table describe the same training)."""
-    return [Row(recipe.row, info.name, recipe) for info, recipe in full_recipes()]
+def roster(dataset: str = "camvid") -> list[Row]:
+    """Every FULL row on ``dataset``, in roster order: ``seglearn.models.full_recipes(dataset)``, where each model
+    declares its recipes (the chapters train the same ones, so the executed notebooks and this table describe the
+    same training). The README's table is CamVid's; ``--dataset voc`` runs the papers' VOC rows."""
+    return [Row(recipe.row, info.name, recipe) for info, recipe in full_recipes(dataset)]
 
 
 def recipe_options(recipe: Recipe) -> list[str]:
     """The ``seglearn train`` options of a recipe beyond the ones every row shares (model, data, crop, batch, epochs,
-    lr): a non-default optimizer or weight decay, the backbone and other model keywords, the aux head, class weights."""
+    lr): a non-default optimizer or weight decay, the backbone and other model keywords, the aux head, class weights,
+    the split, schedule, rate multipliers, rotation and ImageNet init."""
     options = ["--optimizer", recipe.optimizer] if recipe.optimizer != "sgd" else []
     options += ["--weight-decay", f"{recipe.weight_decay:g}"] if recipe.weight_decay != 1e-4 else []
     kwargs = dict(recipe.model_kwargs)
@@ -82,16 +84,22 @@ def recipe_options(recipe: Recipe) -> list[str]:
         options += ["--model-arg", f"{key}={value}"]
     options += ["--aux-loss"] if recipe.aux_loss else []
     options += ["--class-weights", recipe.class_weights] if recipe.class_weights else []
+    options += ["--split", recipe.split] if recipe.split != "train" else []
+    options += ["--schedule", recipe.schedule] if recipe.schedule != "poly" else []
+    options += [a for p, m in recipe.lr_mult.items() for a in ("--lr-mult", f"{p}={m:g}")]
+    options += ["--rotate", f"{recipe.rotate:g}"] if recipe.rotate else []
+    options += ["--pretrained-backbone"] if recipe.pretrained_backbone else []
     return options
 
 
 def command(r: Row, out_root: Path, *, epochs: int | None = None, workers: int = 8, extra: list[str] = ()) -> list[str]:
     """The ``python -m seglearn train ...`` argv of a row (``epochs`` overrides the recipe's)."""
     recipe = r.recipe
-    argv = ["python", "-m", "seglearn", "train", "--model", r.model, "--dataset", "camvid"]
+    argv = ["python", "-m", "seglearn", "train", "--model", r.model, "--dataset", recipe.dataset]
     argv += ["--crop", *map(str, recipe.crop), "--batch-size", str(recipe.batch_size)]
     argv += ["--epochs", str(epochs or recipe.epochs), "--lr", f"{recipe.lr:g}", *recipe_options(recipe)]
-    argv += ["--preload", "--workers", str(workers), "--seed", "0", "--out", str(out_root / r.row), *extra]
+    argv += ["--preload"] * (recipe.dataset == "camvid")  # VOC trainaug decoded would take ~7 GB of RAM
+    argv += ["--workers", str(workers), "--seed", "0", "--out", str(out_root / r.row), *extra]
     return argv
 
 
@@ -347,6 +355,7 @@ def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", nargs="*", default=None, help="row ids (default: all); see --list")
     p.add_argument("--list", action="store_true", help="print each row's command and exit")
+    p.add_argument("--dataset", choices=("camvid", "voc"), default="camvid", help="the rows of this dataset")
     p.add_argument("--table", action="store_true", help="print the markdown table of the finished rows")
     p.add_argument("--update-readme", action="store_true", help="with --table: write it into README.md")
     p.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md")
@@ -369,7 +378,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--pack-root", type=Path, default=REPO_ROOT, help="--pack names files relative to it (the repo)")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more `seglearn train` options for every row")
     args = p.parse_args(argv)
-    everything = roster()
+    everything = roster(args.dataset)
     known = {r.row: r for r in everything}
     unknown = sorted(set(args.rows or []) - set(known))
     if unknown:

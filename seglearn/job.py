@@ -127,14 +127,16 @@ class TrainJob:
 
     @classmethod
     def from_recipe(cls, model: str, recipe: Any, **overrides: Any) -> TrainJob:
-        """The job that trains ``model`` with a registry :class:`~seglearn.models.Recipe` (epochs, lr, optimizer,
-        weight decay, model keywords, aux loss, class weights, crop, batch size); ``overrides`` set any other field
-        (``dataset="camvid"``, ``pretrained_backbone=True``, ...) or replace a recipe's value."""
+        """The job that trains ``model`` with a registry :class:`~seglearn.models.Recipe` (its dataset and split,
+        epochs, lr and schedule, optimizer, weight decay, model keywords, aux loss, class weights, crop, batch size,
+        ImageNet init); ``overrides`` set any other field (``root=...``, ``workers=8``) or replace a recipe's value."""
         model_args = dict(recipe.model_kwargs)
         fields = dict(
             epochs=recipe.epochs, lr=recipe.lr, optimizer=recipe.optimizer, weight_decay=recipe.weight_decay,
             aux_loss=recipe.aux_loss, backbone=model_args.pop("backbone", None), model_args=model_args,
             class_weights=recipe.class_weights or "none", crop=tuple(recipe.crop), batch_size=recipe.batch_size,
+            dataset=recipe.dataset, split=recipe.split, schedule=recipe.schedule, lr_mult=dict(recipe.lr_mult),
+            rotate=recipe.rotate, pretrained_backbone=recipe.pretrained_backbone,
         )  # fmt: skip
         return cls(model=model, **{**fields, **overrides})
 

@@ -124,6 +124,9 @@ def _matplotlib_defaults() -> None:
     )
 
 
+CHAPTER_DATASETS = ("camvid", "voc")  # what a chapter's dataset switch takes
+
+
 @dataclass
 class NotebookConfig:
     """The run's settings and the helpers a chapter calls instead of writing loaders or loops itself."""
@@ -203,19 +206,69 @@ class NotebookConfig:
             print(f"resuming {name} from {last} ({of}); delete that folder to train from scratch")
         return {"checkpoint_dir": folder, "resume": last.is_file(), "recipe": config}
 
-    def recipe(self, model_name: str) -> Recipe:
+    def recipe(self, model_name: str, dataset: str = "camvid") -> Recipe:
         """The registry's recipe for ``model_name`` in this run mode: its QUICK recipe (the small variant's model
-        keywords, epochs, lr, ...) in QUICK mode, its first FULL recipe (the chapter's results-table row) in FULL."""
+        keywords, epochs, lr, ...) in QUICK mode, whatever ``dataset`` (QUICK trains on CamVid), and in FULL its first
+        FULL recipe on ``dataset`` ("camvid": the chapter's results-table row; "voc": the paper's VOC recipe)."""
         from seglearn.models import model_info
 
         info = model_info(model_name)
-        recipe = info.quick if self.quick else (info.full[0] if info.full else None)
+        if dataset not in CHAPTER_DATASETS:
+            raise ValueError(f"dataset {dataset!r} is not one of: {', '.join(CHAPTER_DATASETS)}")
+        full = [r for r in info.full if r.dataset == dataset]
+        recipe = info.quick if self.quick else (full[0] if full else None)
         if recipe is None:
+            has = sorted({r.dataset for r in info.full}) or ["none"]
             raise ValueError(
-                f"{model_name} registers no {self.mode} recipe; pass quick= or full= to its register_model, "
-                "or give epochs and lr to fit directly"
+                f"{model_name} registers no {self.mode} recipe on {dataset} (its FULL recipes: {', '.join(has)}); "
+                "pass quick= or full= to its register_model, or give epochs and lr to fit directly"
             )
         return recipe
+
+    @staticmethod
+    def fit_recipe(recipe: Recipe) -> dict[str, Any]:
+        """The :func:`seglearn.fit` keywords of ``recipe``: epochs, lr, optimizer, weight decay, and its schedule
+        and per-layer rates when they are not the defaults (plain values, so ``cfg.checkpoints`` can store them)."""
+        out: dict[str, Any] = dict(epochs=recipe.epochs, lr=recipe.lr, optimizer=recipe.optimizer,
+                                   weight_decay=recipe.weight_decay)  # fmt: skip
+        if recipe.schedule != "poly":
+            out["schedule"] = recipe.schedule
+        if recipe.lr_mult:
+            out["lr_mult"] = dict(recipe.lr_mult)
+        return out
+
+    def loaders(self, dataset: str = "camvid", **kw: Any) -> tuple[DataLoader, DataLoader, LoaderInfo]:
+        """Train and val loaders of ``dataset``: "camvid" is :meth:`camvid_loaders` (``kw`` its keywords); "voc"
+        in FULL mode is PASCAL VOC 2012 (``trainaug`` when SBD is beside it, else ``train``; scored on all of val at
+        each image's size), and in QUICK mode CamVid's QUICK loaders, as every QUICK chapter (said in one line)."""
+        if dataset not in CHAPTER_DATASETS:
+            raise ValueError(f"dataset {dataset!r} is not one of: {', '.join(CHAPTER_DATASETS)}")
+        if dataset == "camvid" or self.quick:
+            if dataset != "camvid":
+                print(f"QUICK mode trains on CamVid: dataset={dataset!r} takes effect in FULL mode (a GPU)")
+            return self.camvid_loaders(**kw)
+        return self._voc_loaders(kw.get("crop", (321, 321)), kw.get("batch_size", 8), kw.get("workers"),
+                                 kw.get("rotate", 0.0))  # fmt: skip
+
+    def _voc_loaders(self, crop: Any, batch_size: int, workers: int | None, rotate: float) -> tuple[Any, Any, Any]:
+        from seglearn import data
+
+        root = data.locate_dataset("voc") or data.download_voc()
+        crop_hw = (crop, crop) if isinstance(crop, int) else tuple(crop)
+        train_tf = data.train_transforms(crop_hw, rotate=rotate)
+        try:
+            train_ref = data.VOCSegmentation(root, "trainaug", transforms=train_tf)
+        except FileNotFoundError as err:  # no SBD: the 1,464 VOC train images (the papers train on 10,582)
+            print(f"training on VOC train, not trainaug: {err}")
+            train_ref = data.VOCSegmentation(root, "train", transforms=train_tf)
+        val_set = data.VOCSegmentation(root, "val", transforms=data.eval_transforms())
+        train_ref.transforms.set_random_seed(self.seed)
+        n_workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        kw = dict(batch_size=batch_size, workers=n_workers, seed=self.seed, pin_memory=self.device.type == "cuda")
+        info = LoaderInfo(classes=list(train_ref.classes), palette=np.asarray(train_ref.palette),
+                          num_classes=train_ref.num_classes, ignore_index=train_ref.ignore_index, source="voc",
+                          train_size=len(train_ref), val_size=len(val_set), dataset=train_ref)  # fmt: skip
+        return data.make_loader(train_ref, train=True, **kw), data.make_loader(val_set, train=False, **kw), info
 
     def camvid_loaders(
         self,

@@ -69,15 +69,18 @@ def check_choice(value: Any, choices: Sequence[str], flag: str, hint: str = "") 
 
 
 def parse_schedule(schedule: str) -> tuple[str, int, float]:
-    """``"poly"`` -> ("poly", 0, 0); ``"step:2000"`` -> ("step", 2000, 0.1); ``"step:2000:0.5"`` -> gamma 0.5."""
+    """``"poly"`` -> ("poly", 0, 0); ``"fixed"`` (one rate throughout, FCN's) -> ("fixed", 0, 0);
+    ``"step:2000"`` -> ("step", 2000, 0.1); ``"step:2000:0.5"`` -> gamma 0.5."""
     name, *args = str(schedule).split(":")
     try:
-        if name == "poly" and not args:
-            return "poly", 0, 0.0
+        if name in ("poly", "fixed") and not args:
+            return name, 0, 0.0
         if name == "step" and len(args) in (1, 2):
             every, gamma = int(args[0]), float(args[1]) if len(args) == 2 else 0.1
             if every >= 1 and 0 < gamma < 1:
                 return "step", every, gamma
     except ValueError:
         pass
-    raise ValueError(f"schedule {schedule!r} is not one of: poly, step:N (x0.1 every N iterations), step:N:GAMMA")
+    raise ValueError(
+        f"schedule {schedule!r} is not one of: poly, fixed, step:N (x0.1 every N iterations), step:N:GAMMA"
+    )

@@ -75,6 +75,7 @@ def build_schedule(
     name, every, gamma = parse_schedule(schedule)
     if name == "step":
         return StepDecayLR(optimizer, every, gamma, warmup_iters=warmup_iters)
+    power = 0.0 if name == "fixed" else power  # (1 - t/T) ** 0 == 1: one rate throughout, after the warm-up
     return PolyLR(optimizer, total_iters=total_iters, power=power, warmup_iters=warmup_iters)
 
 

@@ -26,6 +26,7 @@ def full_bench(load_benchmark):
 
 def test_every_full_row_is_a_valid_train_command(full_bench, capsys):
     from seglearn.cli import build_parser
+    from seglearn.models import model_info
 
     text = full_bench.main(["--list", "--out", "runs/full"])
     commands = [shlex.split(line) for line in text.splitlines()]
@@ -35,7 +36,9 @@ def test_every_full_row_is_a_valid_train_command(full_bench, capsys):
         assert argv[:4] == ["python", "-m", "seglearn", "train"]
         args = build_parser().parse_args(argv[3:])  # a typo in a recipe fails here, not on a GPU
         assert (args.model, args.dataset, args.crop, args.batch_size) == (row.model, "camvid", [360, 480], 8)
-        assert not args.pretrained_backbone  # the table is trained from scratch
+        # ImageNet weights exactly where the recipe says so (the models whose papers start from them)
+        assert args.pretrained_backbone == row.recipe.pretrained_backbone
+        assert not row.recipe.pretrained_backbone or model_info(row.model).pretrained_backbone
         assert args.preload  # decoded once into RAM: same data, and workers keep a GPU fed
 
 
@@ -46,13 +49,19 @@ def test_row_commands_come_from_the_registry_recipes(full_bench):
     assert fcn.model == "fcn" and fcn.recipe in model_info("fcn").full
     assert shlex.join(full_bench.command(fcn, Path("runs/full"), workers=8)) == (
         "python -m seglearn train --model fcn --dataset camvid --crop 360 480 --batch-size 8 --epochs 50 --lr 0.01 "
-        "--backbone resnet50 --aux-loss --preload --workers 8 --seed 0 --out runs/full/fcn-r50"
+        "--backbone resnet50 --aux-loss --pretrained-backbone --preload --workers 8 --seed 0 --out runs/full/fcn-r50"
     )
     recipe = Recipe(epochs=3, lr=1e-3, optimizer="adamw", weight_decay=5e-4, aux_loss=True, class_weights="median",
                     model_kwargs={"backbone": "resnet18", "base_channels": 16})  # fmt: skip
     assert full_bench.recipe_options(recipe) == [
         "--optimizer", "adamw", "--weight-decay", "0.0005", "--backbone", "resnet18", "--model-arg",
         "base_channels=16", "--aux-loss", "--class-weights", "median",
+    ]  # fmt: skip
+    voc = Recipe(epochs=1, lr=1e-3, dataset="voc", split="trainaug", schedule="step:2000", lr_mult={"head.fc8": 10},
+                 rotate=10, pretrained_backbone=True)  # fmt: skip
+    assert full_bench.recipe_options(voc) == [
+        "--split", "trainaug", "--schedule", "step:2000", "--lr-mult", "head.fc8=10", "--rotate", "10",
+        "--pretrained-backbone",
     ]  # fmt: skip
 
 

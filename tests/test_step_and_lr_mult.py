@@ -50,7 +50,7 @@ def test_parse_schedule(text, parsed):
 
 @pytest.mark.parametrize("bad", ["cosine", "step", "step:0", "step:x", "step:10:2", "poly:3"])
 def test_a_bad_schedule_names_the_choices(bad):
-    with pytest.raises(ValueError, match="poly, step:N"):
+    with pytest.raises(ValueError, match="poly, fixed, step:N"):
         parse_schedule(bad)
 
 
@@ -62,6 +62,11 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.classifier(torch.relu(self.features(x)))
+
+
+def test_fixed_keeps_one_rate_after_the_warmup():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-4)
+    assert _lrs(opt, build_schedule("fixed", opt, total_iters=4), 6) == pytest.approx([1e-4] * 6)
 
 
 def test_lr_mult_puts_the_prefix_in_its_own_group_at_the_multiplied_rate():

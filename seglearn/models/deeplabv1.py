@@ -187,7 +187,12 @@ def make_atrous_vgg(backbone: VGGBackbone, caffe_pooling: bool = False) -> VGGBa
     pretrained_backbone=True,
     backbones=("vgg16", "vgg16_bn"),
     quick=Recipe(4, 1e-4, "adamw", weight_decay=5e-4, crop=(96, 128), batch_size=4, note="ch. 04 QUICK"),
-    full=(Recipe(50, 1e-3, weight_decay=5e-4, row="deeplabv1", note="ch. 04, LargeFOV, no CRF"),),
+    full=(
+        Recipe(50, 1e-3, weight_decay=5e-4, pretrained_backbone=True, row="deeplabv1", note="ch. 04, LargeFOV, no CRF"),
+        Recipe(11, 1e-3, weight_decay=5e-4, dataset="voc", split="trainaug", crop=(321, 321), batch_size=20,
+               schedule="step:2000", lr_mult={"head.fc8": 10.0}, pretrained_backbone=True, row="deeplabv1-voc",
+               note="ch. 04 on the paper's dataset: LargeFOV, no CRF"),
+    ),
     compare=True,
 )
 def deeplabv1(

@@ -105,8 +105,11 @@ def codeword_assignments(model: SegmentationModel, images: Tensor) -> Tensor:
     quick=Recipe(8, 1e-3, "adamw", model_kwargs={"backbone": "resnet18"}, aux_loss=True, crop=(96, 128), batch_size=4,
                  note="ch. 06 QUICK, ResNet-18, SE-loss"),
     full=(
-        Recipe(80, 1e-2, model_kwargs={"backbone": "resnet50"}, aux_loss=True, row="encnet",
-               note="ch. 06, ResNet-50, OS 8, SE-loss"),
+        Recipe(80, 1e-2, model_kwargs={"backbone": "resnet50"}, aux_loss=True, pretrained_backbone=True,
+               row="encnet", note="ch. 06, ResNet-50, OS 8, SE-loss"),
+        Recipe(50, 1e-3, model_kwargs={"backbone": "resnet101"}, aux_loss=True, dataset="voc", split="trainaug",
+               crop=(480, 480), batch_size=16, rotate=10.0, pretrained_backbone=True, row="encnet-voc",
+               note="ch. 06 on the paper's dataset: ResNet-101, OS 8, SE-loss, rotation"),
     ),
     compare=True,
 )  # fmt: skip

@@ -172,7 +172,12 @@ def fcn16s(
     "fcn8s",
     **_VGG_FCN,
     quick=Recipe(1, 1e-4, "adamw", weight_decay=5e-4, crop=(96, 128), batch_size=2, note="ch. 01 QUICK"),
-    full=(Recipe(60, 1e-3, weight_decay=5e-4, row="fcn8s", note="ch. 01, VGG16, the paper's geometry"),),
+    full=(
+        Recipe(60, 1e-3, weight_decay=5e-4, pretrained_backbone=True, row="fcn8s",
+               note="ch. 01, VGG16, the paper's geometry"),
+        Recipe(50, 1e-4, weight_decay=5e-4, dataset="voc", split="trainaug", crop=(320, 320), batch_size=20,
+               schedule="fixed", pretrained_backbone=True, row="fcn8s-voc", note="ch. 01 on the paper's dataset"),
+    ),
     compare=True,
 )
 def fcn8s(
@@ -206,6 +211,7 @@ def fcn8s(
             1e-2,
             model_kwargs={"backbone": "resnet50"},
             aux_loss=True,
+            pretrained_backbone=True,
             row="fcn-r50",
             note="torchvision's FCN-ResNet50",
         ),

@@ -206,7 +206,8 @@ class GFRNet(SegmentationModel):
                  note="ch. 09 QUICK: VGG16-BN layout at 1/4 width (16..128 channels, conv6/7 256) from scratch, "
                       "BatchNorm after every encoder conv (as the released model), dropout 0.1 (paper 0.5)"),
     full=(
-        Recipe(80, 1e-2, weight_decay=5e-4, model_kwargs={"backbone": "vgg16_bn"}, row="gfrnet",
+        Recipe(80, 1e-2, weight_decay=5e-4, model_kwargs={"backbone": "vgg16_bn"}, pretrained_backbone=True,
+               row="gfrnet",
                note="paper (released CamVid solver): VGG16 with BN after every conv, SGD momentum 0.9, lr 1e-3 "
                     "x0.1 every 50k of 150k iterations at batch 6, wd 5e-4, 360x480 frames, the six stage CEs "
                     "summed; ours: lr 1e-2 with the poly schedule for a ~40x shorter run (80 epochs, batch 8), "

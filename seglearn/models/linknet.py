@@ -141,7 +141,7 @@ class LinkNetHead(nn.Module):
     quick=Recipe(6, 1e-3, "adamw", model_kwargs={"backbone": "resnet18"}, crop=(96, 128), batch_size=4,
                  note="ch. 08 QUICK: the paper's own ResNet-18 LinkNet (11.5 M parameters, cheap at 96x128)"),
     full=(
-        Recipe(80, 5e-4, "adamw", class_weights="enet", row="linknet",
+        Recipe(80, 5e-4, "adamw", class_weights="enet", pretrained_backbone=True, row="linknet",
                note="paper: RMSprop lr 5e-4, class-weighted CE (ENet's weights), CamVid 768x512; ours: AdamW lr "
                     "5e-4 (the adaptive optimizer we have closest to RMSprop), ENet's 1/ln(1.02 + p) weights, poly "
                     "decay, 360x480 crops, batch 8 like every FULL row; ResNet-18"),

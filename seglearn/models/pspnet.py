@@ -60,10 +60,13 @@ class PSPHead(nn.Module):
                  aux_loss=True, crop=(96, 128), batch_size=4,
                  note="ch. 09 QUICK: ResNet-18 at output stride 16 (the paper: 8), 64 PPM channels"),
     full=(
-        Recipe(80, 1e-2, model_kwargs={"backbone": "resnet50"}, aux_loss=True, row="pspnet",
+        Recipe(80, 1e-2, model_kwargs={"backbone": "resnet50"}, aux_loss=True, pretrained_backbone=True, row="pspnet",
                note="paper: ResNet-50/101 (deep stem), SGD lr 1e-2 poly 0.9, momentum 0.9, wd 1e-4, aux 0.4, "
                     "batch 16; ours: the same optimizer and aux weight on torchvision's ResNet-50 (7x7 stem, for "
                     "its ImageNet weights), output stride 8, batch 8 at 360x480 like every FULL row"),
+        Recipe(45, 1e-2, model_kwargs={"backbone": "resnet101"}, aux_loss=True, dataset="voc", split="trainaug",
+               crop=(473, 473), batch_size=16, pretrained_backbone=True, row="pspnet-voc",
+               note="ch. 09 on the paper's dataset: ResNet-101, OS 8, aux 0.4"),
     ),
     compare=True,
 )  # fmt: skip

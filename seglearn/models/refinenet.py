@@ -184,12 +184,15 @@ class RefineNetHead(nn.Module):
                  crop=(96, 128), batch_size=4,
                  note="ch. 09 QUICK, ResNet-18, 64/128 decoder channels (paper 256/512), dropout 0.1 (paper 0.5)"),
     full=(
-        Recipe(80, 5e-3, weight_decay=5e-4, model_kwargs={"backbone": "resnet101"}, row="refinenet",
+        Recipe(80, 5e-3, weight_decay=5e-4, model_kwargs={"backbone": "resnet101"}, lr_mult={"backbone": 0.1},
+               pretrained_backbone=True, row="refinenet",
                note="paper: ResNet-101, SGD momentum 0.9, lr 5e-4 at batch 1 with the ResNet at 0.1x, wd 5e-4, "
                     "manual step decay, 400x400 crops; ours: lr 5e-3 at batch 8 (the paper's rate scaled "
-                    "linearly), one rate for all layers and the poly schedule (a Recipe has no per-layer "
-                    "multipliers or steps), 360x480 frames, 2 CRP blocks as the CVPR paper's Fig. 2 "
-                    "(the released code: 4)"),
+                    "linearly), the ResNet at 0.1x, the poly schedule, 360x480 frames, 2 CRP blocks as the "
+                    "CVPR paper's Fig. 2 (the released code: 4)"),
+        Recipe(30, 5e-3, weight_decay=5e-4, model_kwargs={"backbone": "resnet101"}, dataset="voc", split="trainaug",
+               crop=(400, 400), batch_size=8, lr_mult={"backbone": 0.1}, pretrained_backbone=True, row="refinenet-voc",
+               note="ch. 09 on the paper's dataset: ResNet-101 at 0.1x the decoder's rate"),
     ),
     compare=True,
 )  # fmt: skip

@@ -16,6 +16,11 @@ from typing import Any
 
 from torch import nn
 
+from seglearn.options import parse_schedule
+
+# Images in each training split a recipe may name (CamVid: the SegNet tutorial's; VOC 2012; trainaug: VOC + SBD).
+TRAIN_IMAGES = {("camvid", "train"): 367, ("voc", "train"): 1464, ("voc", "trainaug"): 10582}
+
 # create_model's own keywords: a builder takes each one only if the model declares the capability.
 CAPABILITY_KEYWORDS = ("backbone", "pretrained_backbone", "aux_loss")
 
@@ -35,15 +40,30 @@ class Recipe:
     batch_size: int = 8
     row: str | None = None  # FULL recipes: the results-table row ("fcn-r50"); None for QUICK
     note: str = ""
+    dataset: str = "camvid"  # "camvid" | "voc"
+    split: str = "train"  # the training split ("trainaug": VOC + SBD); scored on "val"
+    schedule: str = "poly"  # "poly" | "step:N" | "fixed" (seglearn.options.parse_schedule)
+    lr_mult: Mapping[str, float] = field(default_factory=dict)  # parameter-name prefix -> rate multiplier
+    rotate: float = 0.0  # random rotation by up to this many degrees (EncNet: 10)
+    pretrained_backbone: bool = False  # start from ImageNet weights (the papers' init where they had one)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"Recipe optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.class_weights not in (None, "median", "enet"):
             raise ValueError(f"Recipe class_weights must be None, 'median' or 'enet', got {self.class_weights!r}")
+        if self.dataset not in ("camvid", "voc"):
+            raise ValueError(f"Recipe dataset must be 'camvid' or 'voc', got {self.dataset!r}")
+        parse_schedule(self.schedule)
         # A private copy: a recipe must not change when the dict it was built from does.
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
+        object.__setattr__(self, "lr_mult", dict(self.lr_mult))
         object.__setattr__(self, "crop", tuple(self.crop))
+
+    @property
+    def iterations(self) -> int:
+        """Training iterations: epochs x full batches of the training split (:data:`TRAIN_IMAGES`)."""
+        return self.epochs * max(1, TRAIN_IMAGES[(self.dataset, self.split)] // self.batch_size)
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as JSON-ready plain values (for run records and resume checks)."""
@@ -59,6 +79,12 @@ class Recipe:
             "batch_size": self.batch_size,
             "row": self.row,
             "note": self.note,
+            "dataset": self.dataset,
+            "split": self.split,
+            "schedule": self.schedule,
+            "lr_mult": dict(self.lr_mult),
+            "rotate": self.rotate,
+            "pretrained_backbone": self.pretrained_backbone,
         }
 
 
@@ -168,9 +194,10 @@ def comparison_roster(names: Sequence[str] | None = None) -> list[ModelInfo]:
     return [info for info in roster if info.name in wanted]
 
 
-def full_recipes() -> list[tuple[ModelInfo, Recipe]]:
-    """Every FULL recipe (results-table row) as ``(model, recipe)``, in chapter order, then registration order."""
-    return [(info, recipe) for info in _in_chapter_order() for recipe in info.full]
+def full_recipes(dataset: str | None = "camvid") -> list[tuple[ModelInfo, Recipe]]:
+    """Every FULL recipe (results-table row) on ``dataset`` (None: every dataset) as ``(model, recipe)``, in chapter
+    order, then registration order. The results table is CamVid's; the VOC rows train the papers' own dataset."""
+    return [(info, r) for info in _in_chapter_order() for r in info.full if dataset is None or r.dataset == dataset]
 
 
 def _in_chapter_order() -> list[ModelInfo]:

@@ -118,7 +118,7 @@ SEGNET_URL = "https://arxiv.org/abs/1511.00561"
     pretrained_backbone=True,
     backbones=("vgg16_bn",),
     quick=Recipe(3, 1e-3, "adamw", crop=(96, 128), batch_size=4, note="ch. 02 QUICK"),
-    full=(Recipe(60, 1e-2, row="segnet", note="ch. 02, VGG16-BN encoder"),),
+    full=(Recipe(60, 1e-2, pretrained_backbone=True, row="segnet", note="ch. 02, VGG16-BN encoder"),),
     compare=True,
 )
 def segnet(num_classes: int, *, backbone: str = "vgg16_bn", pretrained_backbone: bool = False) -> SegNet:

@@ -79,7 +79,7 @@ class UPerHead(nn.Module):
     quick=Recipe(8, 1e-3, "adamw", model_kwargs={"backbone": "resnet18", "channels": 128}, aux_loss=True,
                  crop=(96, 128), batch_size=4, note="ch. 07 QUICK, ResNet-18, 128 decoder channels"),
     full=(
-        Recipe(80, 1e-2, model_kwargs={"backbone": "resnet50"}, aux_loss=True, row="upernet",
+        Recipe(80, 1e-2, model_kwargs={"backbone": "resnet50"}, aux_loss=True, pretrained_backbone=True, row="upernet",
                note="ch. 07, ResNet-50, 512 ch."),
     ),
     compare=True,
