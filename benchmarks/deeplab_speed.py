@@ -7,7 +7,8 @@ Both models have torchvision's configuration (output stride 8, no multi-grid, AS
 the same weights (seglearn's is ``from_torchvision`` of torchvision's), so the ratio compares two implementations of
 one network. A step is forward + cross-entropy on "out" and 0.4 x "aux" + backward; the two models alternate step by
 step (so drifting load hits both alike) and the medians over ``--repeats`` steps after ``--warmup`` are compared.
-Goal: ratio seglearn / torchvision <= 1.00. ``--paper`` also times seglearn's default (OS16, multi-grid 1/2/4, the paper's head).
+Goal: ratio seglearn / torchvision <= 1.00. ``--paper`` also times seglearn's default (OS16, multi-grid 1/2/4,
+the paper's head).
 """
 
 from __future__ import annotations
