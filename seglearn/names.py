@@ -13,8 +13,8 @@ from pathlib import Path
 
 __all__ = ["DATASETS", "DOWNLOADABLE", "model_names"]
 
-DATASETS = ("camvid", "voc", "synthetic", "folder")  # folder: your own data (SegmentationFolder.from_root)
-DOWNLOADABLE = ("camvid", "voc")
+DATASETS = ("camvid", "camvid32", "voc", "synthetic", "folder")  # folder: your own data (SegmentationFolder.from_root)
+DOWNLOADABLE = ("camvid", "camvid32", "voc")
 
 _REGISTRATION = re.compile(r"""@register_model\(\s*["']([^"']+)["']""")
 

