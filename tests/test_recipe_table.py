@@ -99,3 +99,35 @@ def test_a_recipe_refuses_an_unknown_dataset_or_schedule():
         Recipe(1, 1e-3, dataset="cityscapes")
     with pytest.raises(ValueError, match="poly, fixed, step:N"):
         Recipe(1, 1e-3, schedule="cosine")
+
+
+@pytest.mark.parametrize("info, recipe", [(i, r) for i, r in full_recipes(None) if r.lr_mult],
+                         ids=lambda x: getattr(x, "row", None) or getattr(x, "name", ""))  # fmt: skip
+def test_every_learning_rate_multiplier_names_parameters_of_its_model(info, recipe):
+    import torch
+
+    from seglearn.schedules import param_groups
+
+    with torch.device("meta"):
+        model = create_model_from(info.name, recipe)
+    groups = param_groups(model, recipe.lr, recipe.lr_mult)  # a prefix that matches nothing is a ValueError
+    assert [g["lr_mult"] for g in groups] == [1.0, *recipe.lr_mult.values()]
+
+
+def create_model_from(name: str, recipe: Recipe):
+    from seglearn.models import create_model
+
+    return create_model(name, 21 if recipe.dataset == "voc" else 11, **recipe.model_kwargs)
+
+
+def test_every_voc_row_is_a_valid_train_command(load_benchmark):
+    from seglearn.cli import parse_train_job
+
+    bench = load_benchmark("full_results")
+    for row in bench.roster("voc"):
+        argv = bench.command(row, Path("runs/full"), workers=4)
+        job = parse_train_job(argv[3:])
+        assert (job.dataset, job.split, job.crop, job.batch_size) == ("voc", "trainaug", row.recipe.crop,
+                                                                      row.recipe.batch_size)  # fmt: skip
+        assert job.schedule == row.recipe.schedule and job.lr_mult == dict(row.recipe.lr_mult)
+        assert job.pretrained_backbone and not job.preload
