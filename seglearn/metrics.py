@@ -247,7 +247,8 @@ def majority_baseline(
 ) -> tuple[int, SegScores]:
     """The floor every model must beat: the most frequent class of ``train``'s masks, predicted everywhere on ``val``.
 
-    ``train`` and ``val`` yield ``(images, masks)`` batches with masks (N, H, W) (DataLoaders do). Returns that class
+    ``train`` and ``val`` yield ``(images, masks)`` batches with masks (N, H, W) (DataLoaders do; a val batch may hold
+    a list of (H_i, W_i) masks, as ``make_loader`` gives for images of different sizes). Returns that class
     and its scores on ``val``; a trained model that does not beat them has learned nothing beyond the class prior.
     """
     counts = torch.zeros(num_classes, dtype=torch.int64)
@@ -261,5 +262,6 @@ def majority_baseline(
     majority = int(counts.argmax())
     cm = ConfusionMatrix(num_classes, ignore_index)
     for _, masks in val:
-        cm.update(torch.full_like(masks, majority), masks)
+        for m in [masks] if isinstance(masks, Tensor) else masks:  # a list: VOC's images of different sizes
+            cm.update(torch.full_like(m, majority), m)
     return majority, cm.compute()

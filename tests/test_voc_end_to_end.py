@@ -108,3 +108,12 @@ def test_rotate_reaches_the_training_transforms_only(shared_voc):
     assert not any(isinstance(t, A.Rotate) for t in val.transforms.transforms)
     with pytest.raises(ValueError, match="--rotate takes the largest angle"):
         TrainJob("tinyfcn", rotate=200)
+
+
+def test_the_majority_floor_reads_val_batches_of_different_sizes(shared_voc):
+    from seglearn.metrics import majority_baseline
+
+    data = _voc_pairs(shared_voc)
+    floors = [majority_baseline(make_loader(data, batch_size=1, train=False), make_loader(data, batch_size=b,
+                                train=False), 21)[1] for b in (1, 2)]  # fmt: skip
+    assert floors[0] == floors[1] and floors[0].pixel_acc > 0

@@ -126,6 +126,8 @@ PAPER_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
         ),
         "crop": (_FCN["crop"][0], "320x320 crops: a batch needs one size"),
         "batch": ("20 (FCN-32s; FCN-8s: 1)", "20 throughout with the mean loss"),
+        "optimizer": (_FCN["optimizer"][0], "momentum 0.9 at batch 20, FCN-32s's setting, for every stage"),
+        "augmentation": (_FCN["augmentation"][0], "scale, crop and flip: the preset every row shares"),
         "schedule": ("fixed", ""),
         "length": (_FCN["length"][0], "50 epochs"),
     },  # fmt: skip
