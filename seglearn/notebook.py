@@ -246,6 +246,7 @@ class NotebookConfig:
         if dataset == "camvid" or self.quick:
             if dataset != "camvid":
                 print(f"QUICK mode trains on CamVid: dataset={dataset!r} takes effect in FULL mode (a GPU)")
+            kw.pop("rotate", None)  # CamVid's upright road scenes: no recipe rotates them
             return self.camvid_loaders(**kw)
         return self._voc_loaders(kw.get("crop", (321, 321)), kw.get("batch_size", 8), kw.get("workers"),
                                  kw.get("rotate", 0.0))  # fmt: skip

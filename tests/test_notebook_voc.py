@@ -58,6 +58,6 @@ def test_quick_voc_is_camvid_and_says_so(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("SEGLEARN_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SEGLEARN_SHARED_DATA", str(tmp_path / "shared"))
     cfg = _cfg(monkeypatch, "QUICK")
-    _, _, info = cfg.loaders("voc", crop=(32, 48), batch_size=4, quick_train=8, quick_val=4)
+    _, _, info = cfg.loaders("voc", crop=(32, 48), batch_size=4, quick_train=8, quick_val=4, rotate=10)
     assert "QUICK mode trains on CamVid" in capsys.readouterr().out
     assert info.num_classes == 11 and info.source == "synthetic"  # no CamVid here: its synthetic stand-in

@@ -167,7 +167,7 @@ class DeepLabV3(SegmentationModel):
                  note="ch. 05 QUICK, ResNet-18, the paper's head"),
     full=(Recipe(50, 1e-2, model_kwargs={"backbone": "resnet50"}, pretrained_backbone=True, row="deeplabv3",
                  note="ch. 05, ResNet-50, OS 16, the paper's head"),
-          Recipe(45, 7e-3, model_kwargs={"backbone": "resnet101", "multi_grid": (1, 2, 4)}, dataset="voc",
+          Recipe(45, 7e-3, model_kwargs={"backbone": "resnet101"}, dataset="voc",
                  split="trainaug", crop=(513, 513), batch_size=16, pretrained_backbone=True, row="deeplabv3-voc",
                  note="ch. 05 on the paper's dataset: ResNet-101, OS 16, multi-grid (1, 2, 4), the paper's head")),
     compare=True,

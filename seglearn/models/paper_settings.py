@@ -60,7 +60,7 @@ _DEEPLAB3 = {
     ),
     "weight decay": ("not stated", ""),
     "augmentation": ("random scale 0.5-2, flip", "plus the crop"),
-    "model": ("multi_grid=(1, 2, 4)", ""),
+    "model": ("OS 16, multi-grid (1, 2, 4), ASPP + image pooling, 1x1 head", "the same: deeplabv3's defaults"),
 }
 _ENCNET = {
     "data": ("VOC 2012 trainaug (10,582 images)", ""),
@@ -145,10 +145,6 @@ PAPER_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
         _DEEPLAB3,
         init=("resnet101, ImageNet", "ResNet-50: a CamVid row fits one GPU at batch 8"),
         lr=("0.007", "0.01 at batch 8 for the shorter run"),
-        model=(
-            "multi_grid=(1, 2, 4)",
-            "torchvision's layout (multi-grid 1, 1, 1), the twin tested against torchvision",
-        ),
     ),  # fmt: skip
     "encnet-voc": _ENCNET,
     "encnet": _camvid(
