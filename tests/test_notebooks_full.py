@@ -211,7 +211,8 @@ FULL_MARKERS = {
     "05_deeplabv3": ["DeepLabv3-resnet50", "val images at 360x480", "input (257, 257)"],
     "06_encnet": ["EncNet (FULL, resnet50)"],
     "07_upernet": ["UPerNet (FULL, resnet50, 512 ch)"],
-    "09_survey_context": ["PSPNet (FULL, resnet50)", "RefineNet (FULL, resnet101)", "G-FRNet (FULL, vgg16_bn)"],
+    "09_survey_context": ["PSPNet (FULL, camvid, resnet50)", "RefineNet (FULL, camvid, resnet101)",
+                          "G-FRNet (FULL, camvid, vgg16_bn)"],
     "10_compare": ["val images at 360x480"],
 }
 
