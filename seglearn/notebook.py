@@ -263,13 +263,20 @@ class NotebookConfig:
             print(f"training on VOC train, not trainaug: {err}")
             train_ref = data.VOCSegmentation(root, "train", transforms=train_tf)
         val_set = data.VOCSegmentation(root, "val", transforms=data.eval_transforms())
-        train_ref.transforms.set_random_seed(self.seed)
-        n_workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        return self._finish_loaders(train_ref, train_ref, val_set, "voc", batch_size, workers)
+
+    def _finish_loaders(self, train_ref: Any, train_set: Any, val_set: Any, source: str, batch_size: int,
+                        workers: int | None) -> tuple[DataLoader, DataLoader, LoaderInfo]:  # fmt: skip
+        """The loaders over ``train_set`` (a subset of ``train_ref`` or it) and ``val_set``, and their LoaderInfo."""
+        from seglearn import data
+
+        train_ref.transforms.set_random_seed(self.seed)  # albumentations 2 draws from its own generator
+        n_workers = self.pick(0, min(4, os.cpu_count() or 1)) if workers is None else workers
         kw = dict(batch_size=batch_size, workers=n_workers, seed=self.seed, pin_memory=self.device.type == "cuda")
         info = LoaderInfo(classes=list(train_ref.classes), palette=np.asarray(train_ref.palette),
-                          num_classes=train_ref.num_classes, ignore_index=train_ref.ignore_index, source="voc",
-                          train_size=len(train_ref), val_size=len(val_set), dataset=train_ref)  # fmt: skip
-        return data.make_loader(train_ref, train=True, **kw), data.make_loader(val_set, train=False, **kw), info
+                          num_classes=train_ref.num_classes, ignore_index=train_ref.ignore_index, source=source,
+                          train_size=len(train_set), val_size=len(val_set), dataset=train_ref)  # fmt: skip
+        return data.make_loader(train_set, train=True, **kw), data.make_loader(val_set, train=False, **kw), info
 
     def camvid_loaders(
         self,
@@ -320,22 +327,7 @@ class NotebookConfig:
             train_set = train_ref
             val_set = data.CamVid(root, "val", transforms=data.eval_transforms(), preload=True)
             source = "camvid"
-        train_ref.transforms.set_random_seed(self.seed)  # albumentations 2 draws from its own generator
-        n_workers = self.pick(0, min(4, os.cpu_count() or 1)) if workers is None else workers
-        kw = dict(batch_size=batch_size, workers=n_workers, seed=self.seed, pin_memory=self.device.type == "cuda")
-        train_loader = data.make_loader(train_set, train=True, **kw)
-        val_loader = data.make_loader(val_set, train=False, **kw)
-        info = LoaderInfo(
-            classes=list(train_ref.classes),
-            palette=np.asarray(train_ref.palette),
-            num_classes=train_ref.num_classes,
-            ignore_index=train_ref.ignore_index,
-            source=source,
-            train_size=len(train_set),
-            val_size=len(val_set),
-            dataset=train_ref,
-        )
-        return train_loader, val_loader, info
+        return self._finish_loaders(train_ref, train_set, val_set, source, batch_size, workers)
 
 
 def setup_notebook(seed: int = 0, device: str | torch.device | None = None, quiet: bool = False) -> NotebookConfig:

@@ -79,6 +79,11 @@ def build_schedule(
     return PolyLR(optimizer, total_iters=total_iters, power=power, warmup_iters=warmup_iters)
 
 
+def _warmup(step: int, warmup_iters: int, warmup_ratio: float) -> float:
+    """The linear warm-up's multiplier at ``step``: from ``warmup_ratio`` up to 1 over ``warmup_iters``, then 1."""
+    return warmup_ratio + (1.0 - warmup_ratio) * step / warmup_iters if step < warmup_iters else 1.0
+
+
 def poly_factor(
     step: int, total_iters: int, power: float = 0.9, warmup_iters: int = 0, warmup_ratio: float = 1e-3
 ) -> float:
@@ -92,9 +97,7 @@ def poly_factor(
         raise ValueError(f"total_iters must be >= 1, got {total_iters}")
     t = min(max(step, 0), total_iters)
     factor = (1.0 - t / total_iters) ** power
-    if step < warmup_iters:
-        factor *= warmup_ratio + (1.0 - warmup_ratio) * step / warmup_iters
-    return factor
+    return factor * _warmup(step, warmup_iters, warmup_ratio)
 
 
 class PolyLR(LRScheduler):
@@ -145,10 +148,6 @@ class PolyLR(LRScheduler):
         for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-
-
-def _warmup(step: int, warmup_iters: int, warmup_ratio: float) -> float:
-    return warmup_ratio + (1.0 - warmup_ratio) * step / warmup_iters if step < warmup_iters else 1.0
 
 
 class StepDecayLR(LRScheduler):
