@@ -1,8 +1,9 @@
 """``setup_notebook()``: the first cell of every chapter — versions, device, seed, data root and the run mode.
 
-The run mode is one variable, ``SEGLEARN_MODE``: ``QUICK`` (CI, a CPU: small data, a minute per chapter) or ``FULL``
-(a GPU: real CamVid at 360x480, trained to the numbers the chapter states). Without the variable a CPU runs QUICK
-and a GPU runs FULL. ``SEGLEARN_PRETRAINED`` (0 or 1) says whether backbones start from ImageNet weights; by default
+The run mode is ``setup_notebook(mode=...)``, else the variable ``SEGLEARN_MODE``: ``QUICK`` (CI, a CPU: small
+data, a few minutes per chapter) or ``FULL`` (a GPU: real CamVid at 360x480, trained to the numbers the chapter
+states). Without either a CPU runs QUICK and a GPU runs FULL.
+``SEGLEARN_PRETRAINED`` (0 or 1) says whether backbones start from ImageNet weights; by default
 FULL does and QUICK does not (set 0 on a machine that cannot download them). :class:`NotebookConfig` carries the
 helpers that keep chapters short and free of training loops; :meth:`NotebookConfig.checkpoints` makes a FULL training
 run continue where it stopped when its cell is run again (after a Colab disconnect, a crash or a time limit).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,11 +25,15 @@ from torch.utils.data import DataLoader, Dataset, Subset
 import seglearn
 from seglearn.checkpoint import check_plain, check_recipe
 from seglearn.seeding import seed_everything
+from seglearn.settings import MODES, env_names, env_seconds, run_mode, use_pretrained
+
+# the switches live in seglearn.settings; chapters and scripts import them from here too
+__all__ = ["MODES", "LoaderInfo", "NotebookConfig", "env_names", "env_seconds", "run_mode", "setup_notebook",
+           "spread", "use_pretrained"]  # fmt: skip
 
 if TYPE_CHECKING:
     from seglearn.models import Recipe
 
-MODES = ("QUICK", "FULL")
 T = TypeVar("T")
 
 CAMVID_SIZE = (360, 480)
@@ -65,50 +71,6 @@ def spread(n: int, total: int) -> list[int]:
     return [i * total // n for i in range(n)]
 
 
-def run_mode(device: torch.device) -> str:
-    """``SEGLEARN_MODE`` (QUICK or FULL, any case) or, when unset, QUICK on a CPU and FULL on a GPU."""
-    raw = os.environ.get("SEGLEARN_MODE", "").strip()
-    if not raw:
-        return "FULL" if device.type == "cuda" else "QUICK"
-    mode = raw.upper()
-    if mode not in MODES:
-        raise ValueError(f"SEGLEARN_MODE={raw!r} is not a run mode; set it to QUICK or FULL (or unset it)")
-    return mode
-
-
-def use_pretrained(mode: str) -> bool:
-    """``SEGLEARN_PRETRAINED`` (1/0, true/false, yes/no) or, when unset, True in FULL mode and False in QUICK."""
-    raw = os.environ.get("SEGLEARN_PRETRAINED", "").strip().lower()
-    if not raw:
-        return mode == "FULL"
-    if raw in ("1", "true", "yes"):
-        return True
-    if raw in ("0", "false", "no"):
-        return False
-    raise ValueError(f"SEGLEARN_PRETRAINED={raw!r} is not a switch; set it to 1 (ImageNet weights) or 0 (from scratch)")
-
-
-def env_seconds(name: str, default: float) -> float:
-    """A positive number of seconds from the environment variable ``name`` (a time budget), ``default`` if unset."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{name}={raw!r} is not a number of seconds: set it to e.g. 120, or unset it for {default:g}")
-    return value
-
-
-def env_names(name: str) -> list[str] | None:
-    """The comma-separated names in the environment variable ``name`` (``"unet, pspnet"``), None if unset or empty."""
-    raw = os.environ.get(name, "")
-    names = [n.strip() for n in raw.split(",") if n.strip()]
-    return names or None
-
-
 def _matplotlib_defaults() -> None:
     import matplotlib as mpl
 
@@ -138,6 +100,8 @@ class NotebookConfig:
     camvid_root: Path | None
     versions: dict[str, str] = field(default_factory=dict)
     pretrained: bool = False  # pass as pretrained_backbone=: ImageNet weights for the backbones that have them
+    checkpoint_root: Path = CHECKPOINTS  # where FULL runs checkpoint (e.g. a mounted Google Drive folder)
+    full_minutes: float | None = None  # the most minutes one FULL training cell trains before it stops (resumable)
 
     @property
     def quick(self) -> bool:
@@ -149,32 +113,51 @@ class NotebookConfig:
 
     def summary(self) -> str:
         """The block :func:`setup_notebook` prints."""
+        from seglearn.record import device_name
+
         v = self.versions
         data = f"{self.data_root}  (CamVid: {self.camvid_root or 'not found, QUICK uses SyntheticScenes'})"
+        cap = f" | FULL training cells stop after {self.full_minutes:g} min" if self.full_minutes else ""
         return "\n".join(
             [
-                f"seglearn {v.get('seglearn')} | python {v.get('python')} | torch {v.get('torch')} | "
-                f"torchvision {v.get('torchvision')}",
-                f"device: {self.device} | seed: {self.seed} | mode: {self.mode} "
-                f"({'small data, about a minute' if self.quick else 'real data, paper-style training'}; "
-                "set SEGLEARN_MODE=QUICK|FULL to change)",
+                f"run of {time.strftime('%Y-%m-%d')} | seglearn {v.get('seglearn')} | python {v.get('python')} | "
+                f"torch {v.get('torch')} | torchvision {v.get('torchvision')}",
+                f"device: {device_name(self.device)} | seed: {self.seed} | mode: {self.mode} "
+                f"({'small data, a few minutes' if self.quick else 'real data, paper-style training'}; "
+                "setup_notebook(mode='QUICK'|'FULL') to change)",
                 f"data root: {data}",
                 f"backbones: {'ImageNet weights' if self.pretrained else 'from scratch'} "
-                "(set SEGLEARN_PRETRAINED=1|0 to change)",
+                f"(set SEGLEARN_PRETRAINED=1|0 to change) | checkpoints: {self.checkpoint_root}{cap}",
             ]
         )
+
+    def estimate(self, model: torch.nn.Module, train_loader: DataLoader, epochs: int) -> str | None:
+        """FULL: print and return the estimated training time of ``epochs`` over ``train_loader`` (its dataset's
+        size, the crop of its first sample) on this device (:func:`seglearn.estimate.training_estimate`), and what
+        ``full_minutes`` does to it. QUICK: None, nothing printed (a QUICK chapter takes minutes)."""
+        if self.quick:
+            return None
+        from seglearn.estimate import training_estimate
+
+        dataset = train_loader.dataset
+        size = tuple(dataset[0][0].shape[-2:])  # type: ignore[index]
+        text = training_estimate(model, size, len(dataset), epochs, self.device, self.full_minutes)  # type: ignore[arg-type]
+        print(text)
+        return text
 
     def checkpoints(self, name: str, **recipe: Any) -> dict[str, Any]:
         """``fit`` keyword arguments that let a FULL run survive a disconnect: ``seglearn.fit(..., **cfg.checkpoints(
         "05_deeplabv3", model="deeplabv3", epochs=50, lr=0.01))``.
 
-        FULL: ``checkpoint_dir`` runs/checkpoints/<name> (``last.pt`` every epoch, ``best.pt``), ``resume`` (True
-        when that folder holds a ``last.pt``; it then prints the one line "resuming ...") and ``recipe``
-        ``{"run": name, **recipe}``, which fit stores next to the model's spec. ``recipe`` is whatever makes a
-        different run (model name and keywords, epochs, lr, loss, ...; plain values only): a folder written by another
-        recipe is refused with a ValueError that names the differing keys and the folder to delete, never resumed
-        silently. The checkpoint also loads with :func:`seglearn.load_model` and ``python -m seglearn evaluate``.
-        QUICK: ``{}`` (CI stays deterministic, a QUICK run is a minute).
+        FULL: ``checkpoint_dir`` <checkpoint_root>/<name> (default runs/checkpoints; ``last.pt`` every epoch,
+        ``best.pt``), ``resume`` (True when that folder holds a ``last.pt``; it then prints the one line "resuming
+        ...") and ``recipe`` ``{"run": name, **recipe}``, which fit stores next to the model's spec. ``recipe`` is
+        whatever makes a different run (model name and keywords, epochs, lr, loss, ...; plain values only): a folder
+        written by another recipe is refused with a ValueError that names the differing keys and the folder to delete,
+        never resumed silently. The checkpoint also loads with :func:`seglearn.load_model` and ``python -m seglearn
+        evaluate``.
+        With ``setup_notebook(full_minutes=m)`` also ``time_budget_s`` = 60 m: the run stops after m minutes, saved
+        mid-epoch, and running the cell again continues it. QUICK: ``{}`` (a QUICK run takes minutes and is exact).
         """
         if not name or Path(name).name != name or name in (".", ".."):
             raise ValueError(f"checkpoint name {name!r} must be a plain folder name such as '05_deeplabv3'")
@@ -184,7 +167,7 @@ class NotebookConfig:
             check_plain(value, f"recipe value {key}=")
         if self.quick:
             return {}
-        folder = CHECKPOINTS / name
+        folder = self.checkpoint_root / name
         config = {"run": name, **recipe}
         last = folder / "last.pt"
         if last.is_file():
@@ -204,7 +187,8 @@ class NotebookConfig:
             steps = int((state.get("partial") or {}).get("steps", 0))  # a time budget stopped it mid-epoch
             of += f", {steps} step{'s' * (steps != 1)} into epoch {epoch + 1}" if steps else ""
             print(f"resuming {name} from {last} ({of}); delete that folder to train from scratch")
-        return {"checkpoint_dir": folder, "resume": last.is_file(), "recipe": config}
+        budget = {"time_budget_s": 60.0 * self.full_minutes} if self.full_minutes else {}
+        return {"checkpoint_dir": folder, "resume": last.is_file(), "recipe": config, **budget}
 
     def recipe(self, model_name: str, dataset: str = "camvid") -> Recipe:
         """The registry's recipe for ``model_name`` in this run mode: its QUICK recipe (the small variant's model
@@ -330,23 +314,41 @@ class NotebookConfig:
         return self._finish_loaders(train_ref, train_set, val_set, source, batch_size, workers)
 
 
-def setup_notebook(seed: int = 0, device: str | torch.device | None = None, quiet: bool = False) -> NotebookConfig:
-    """Seed everything, pick the device and run mode, set plotting defaults and print one short summary block."""
+def setup_notebook(
+    seed: int = 0, device: str | torch.device | None = None, quiet: bool = False, *, mode: str | None = None,
+    data_root: str | os.PathLike | None = None, checkpoint_root: str | os.PathLike | None = None,
+    full_minutes: float | None = None,
+) -> NotebookConfig:  # fmt: skip
+    """Seed everything, pick the device and run mode, set plotting defaults and print one short summary block.
+
+    ``mode``: "QUICK" or "FULL"; None reads ``SEGLEARN_MODE``, else the device decides (a GPU runs FULL).
+    ``data_root``: where datasets are found and downloaded (sets ``SEGLEARN_DATA`` for this process, e.g. a Google
+    Drive folder, so that a download outlives the session). ``checkpoint_root``: where FULL runs checkpoint (default
+    runs/checkpoints). ``full_minutes``: the most minutes each FULL training cell trains; it stops at a checkpoint
+    and running it again continues (a free Colab session is shorter than the papers' schedules).
+    """
     import torchvision
 
-    from seglearn.data import data_root, locate_dataset
+    from seglearn.data import locate_dataset
+    from seglearn.data import paths as data_paths
 
+    if full_minutes is not None and not 0 < full_minutes < float("inf"):
+        raise ValueError(f"full_minutes={full_minutes!r} must be a positive number of minutes (or None: no cap)")
+    if data_root is not None:
+        os.environ["SEGLEARN_DATA"] = str(Path(data_root).expanduser())  # downloads and locate_dataset read it
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    mode = run_mode(dev)
+    run = run_mode(dev, mode)
     seed_everything(seed)
     _matplotlib_defaults()
     cfg = NotebookConfig(
-        mode=mode,
+        mode=run,
         device=dev,
         seed=seed,
-        data_root=Path(data_root()),
+        data_root=Path(data_paths.data_root()),
         camvid_root=locate_dataset("camvid"),
-        pretrained=use_pretrained(mode),
+        pretrained=use_pretrained(run),
+        checkpoint_root=Path(checkpoint_root).expanduser() if checkpoint_root is not None else CHECKPOINTS,
+        full_minutes=full_minutes,
         versions={
             "python": platform.python_version(),
             "torch": torch.__version__,
