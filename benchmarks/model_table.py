@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from seglearn.estimate import BACKWARD_FACTOR  # forward + backward: about three forward passes
 from seglearn.models import count_parameters, create_model, full_recipes, list_models
 
 TRAIN_IMAGES = 367  # CamVid's train split: the images one FULL epoch sees
-BACKWARD_FACTOR = 3  # forward + backward of a training step: about three forward passes
 
 
 def measure(
