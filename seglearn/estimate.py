@@ -39,12 +39,13 @@ def forward_flops(model: nn.Module, size: tuple[int, int], num_channels: int = 3
 
 def device_peak_tflops(device: torch.device) -> tuple[float | None, str]:
     """(peak TFLOPS or None when the GPU is not in :data:`PEAK_TFLOPS`, the device's name)."""
+    from seglearn.record import device_name  # the name every record and the setup block print
+
+    name = device_name(device)
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
         fragment = next((key for key in PEAK_TFLOPS if key in name.upper()), None)
         return (PEAK_TFLOPS[fragment] if fragment else None), name
-    threads = torch.get_num_threads()
-    return threads * CPU_CORE_TFLOPS, f"CPU ({threads} threads)"
+    return torch.get_num_threads() * CPU_CORE_TFLOPS, name
 
 
 def training_estimate(
@@ -70,14 +71,13 @@ def training_estimate(
     minutes = total / (peak * 1e12 * UTILIZATION) / 60
     text = (
         f"estimated training time (compute only, from FLOPs): {work} at {UTILIZATION:.0%} of {name}'s "
-        f"{peak:g} TFLOPS peak = about {_minutes(minutes)}; data loading and validation add to it"
+        f"{peak:g} TFLOPS peak = {_minutes(minutes)}; data loading and validation add to it"
     )
     if minutes_cap is not None:
         if minutes > minutes_cap:
-            share = min(1.0, minutes_cap / minutes)
             text += (
-                f". full_minutes={minutes_cap:g} stops it after about {share:.0%} of the epochs; run the cell "
-                "again to continue from the checkpoint"
+                f". full_minutes={minutes_cap:g} stops it after about {minutes_cap / minutes:.0%} of the epochs; "
+                "run the cell again to continue from the checkpoint"
             )
         else:
             text += f". full_minutes={minutes_cap:g} should not stop it"
@@ -88,5 +88,5 @@ def _minutes(minutes: float) -> str:
     if minutes < 1:
         return "under a minute"
     if minutes < 90:
-        return f"{minutes:.0f} min"
-    return f"{minutes / 60:.1f} h"
+        return f"about {minutes:.0f} min"
+    return f"about {minutes / 60:.1f} h"
