@@ -41,6 +41,9 @@ CAMVID_SIZE = (360, 480)
 QUICK_SIZE = (120, 160)
 # FULL runs checkpoint here, relative to the notebook's folder (notebooks/runs/ is git-ignored).
 CHECKPOINTS = Path("runs") / "checkpoints"
+# QUICK's safety cap on one training run: a QUICK run takes well under a minute on two CPU cores, so only a machine
+# far slower than that hits it (the run then stops early and says so) instead of stalling a learner for an hour.
+QUICK_CAP_S = 150
 # What fit adds to a checkpoint's recipe by itself: a saved value for one of these is compared only when the chapter
 # names the key too.
 _FIT_RECIPE_KEYS = frozenset({"lr", "optimizer", "weight_decay", "momentum", "poly_power", "warmup_iters"})
@@ -157,7 +160,8 @@ class NotebookConfig:
         never resumed silently. The checkpoint also loads with :func:`seglearn.load_model` and ``python -m seglearn
         evaluate``.
         With ``setup_notebook(full_minutes=m)`` also ``time_budget_s`` = 60 m: the run stops after m minutes, saved
-        mid-epoch, and running the cell again continues it. QUICK: ``{}`` (a QUICK run takes minutes and is exact).
+        mid-epoch, and running the cell again continues it. QUICK: only ``time_budget_s`` = ``QUICK_CAP_S`` (no
+        checkpoints: a QUICK run takes under a minute; the cap only guards against a far slower machine).
         """
         if not name or Path(name).name != name or name in (".", ".."):
             raise ValueError(f"checkpoint name {name!r} must be a plain folder name such as '05_deeplabv3'")
@@ -166,7 +170,7 @@ class NotebookConfig:
         for key, value in recipe.items():
             check_plain(value, f"recipe value {key}=")
         if self.quick:
-            return {}
+            return {"time_budget_s": QUICK_CAP_S}
         folder = self.checkpoint_root / name
         config = {"run": name, **recipe}
         last = folder / "last.pt"

@@ -13,6 +13,7 @@ import torch
 
 import seglearn
 from seglearn.notebook import (
+    QUICK_CAP_S,
     QUICK_SIZE,
     NotebookConfig,
     env_seconds,
@@ -219,7 +220,7 @@ def test_quick_runs_take_no_checkpoints(monkeypatch, no_camvid, tmp_path, capsys
     monkeypatch.setenv("SEGLEARN_MODE", "QUICK")
     monkeypatch.chdir(tmp_path)
     cfg = setup_notebook(quiet=True)
-    assert cfg.checkpoints("05_deeplabv3", **RECIPE) == {}
+    assert cfg.checkpoints("05_deeplabv3", **RECIPE) == {"time_budget_s": QUICK_CAP_S}  # a cap, no folder
     assert capsys.readouterr().out == "" and not (tmp_path / "runs").exists()
     with pytest.raises(ValueError, match="is not plain data"):  # caught in QUICK, before a FULL run writes it
         cfg.checkpoints("05_deeplabv3", root=Path("data"))
