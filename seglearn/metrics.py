@@ -265,3 +265,19 @@ def majority_baseline(
         for m in [masks] if isinstance(masks, Tensor) else masks:  # a list: VOC's images of different sizes
             cm.update(torch.full_like(m, majority), m)
     return majority, cm.compute()
+
+
+def boundary_band(target: Tensor, width: int = 3, ignore_index: int = 255) -> Tensor:
+    """Labelled pixels within ``width`` pixels of a change of label: (N, H, W) int -> (N, H, W) bool.
+
+    Where a model's upsampling is coarse, its errors gather here: accuracy on this band measures how well the
+    prediction follows object outlines (as in FCN's stride-32 vs stride-8 comparison). A pixel next to void counts
+    as a boundary pixel too (void outlines objects in VOC); void pixels themselves never do.
+    """
+    if width < 1:
+        raise ValueError(f"width={width} must be at least 1 pixel")
+    t = target.float()[:, None]
+    k = 2 * width + 1
+    high = torch.nn.functional.max_pool2d(t, k, stride=1, padding=width)
+    low = -torch.nn.functional.max_pool2d(-t, k, stride=1, padding=width)
+    return (high != low)[:, 0] & (target != ignore_index)

@@ -275,3 +275,28 @@ def test_state_dict_of_the_former_standalone_fcn_vgg_loads():
     fresh.load_state_dict(old, assign=True)
     new, ref = fresh.state_dict(keep_vars=True), model.state_dict(keep_vars=True)
     assert new.keys() == ref.keys() and all(new[k] is ref[k] for k in ref)  # every tensor landed where it belongs
+
+
+def test_fusion_stages_are_what_fcn32s_and_fcn16s_predict_with_the_same_weights(vgg_fcns):
+    """The paper's Fig. 4 read from one FCN-8s: stage 32 is FCN-32s, stage 16 FCN-16s, stage 8 the model itself."""
+    from seglearn.models.fcn import fusion_predictions
+
+    fcn8s = create_model("fcn8s", NUM_CLASSES).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # non-zero skip scores, or every stage would predict the same
+        for conv in (fcn8s.head.score_fr, fcn8s.head.score_pool4, fcn8s.head.score_pool3):
+            conv.weight.normal_(0, 0.01)
+            conv.bias.normal_(0, 0.1)
+    x = torch.randn(1, 3, 70, 90)
+    stages = fusion_predictions(fcn8s, x)
+    assert sorted(stages) == [8, 16, 32] and all(t.shape == (1, NUM_CLASSES, 70, 90) for t in stages.values())
+    with torch.no_grad():
+        assert torch.allclose(stages[8], fcn8s(x)["out"], atol=1e-5)
+        for stride in (32, 16):
+            coarser = vgg_fcns[stride]
+            shared = {k: v for k, v in fcn8s.state_dict().items() if k != "head.upscore.weight"}  # fixed, per stride
+            coarser.load_state_dict(shared, strict=False)  # pool3's score layer has no place there
+            assert torch.allclose(stages[stride], coarser(x)["out"], atol=1e-5)
+    assert (stages[32] - stages[8]).abs().max() > 1e-3  # the skips change the prediction
+    with pytest.raises(TypeError, match="FCN-VGG"):
+        fusion_predictions(create_model("tinyfcn", NUM_CLASSES), x)

@@ -285,3 +285,20 @@ def test_majority_baseline_refuses_masks_it_cannot_count():
         majority_baseline([(None, torch.full((1, 2, 2), 255))], [], num_classes=3)
     with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
         majority_baseline([(None, torch.tensor([[[0, 7]]]))], [], num_classes=3)
+
+
+def test_boundary_band_marks_pixels_near_a_change_of_label():
+    from seglearn.metrics import boundary_band
+
+    t = torch.zeros(1, 6, 8, dtype=torch.long)
+    t[:, :, 4:] = 1  # a vertical edge between columns 3 and 4
+    t[:, 0, 0] = 255
+    band = boundary_band(t, width=1)
+    expected = torch.zeros(1, 6, 8, dtype=torch.bool)
+    expected[:, :, 3:5] = True  # one pixel either side of the edge
+    expected[:, 0:2, 0:2] = True  # next to the void pixel ...
+    expected[:, 0, 0] = False  # ... but never the void pixel itself
+    assert torch.equal(band, expected)
+    assert boundary_band(t, width=2)[0, 3].tolist() == [False, False, True, True, True, True, False, False]
+    with pytest.raises(ValueError, match="at least 1"):
+        boundary_band(t, width=0)

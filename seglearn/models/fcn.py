@@ -8,7 +8,10 @@ the input pixel it was computed for.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import RESNET_BACKBONES, ResNetBackbone, VGGBackbone
@@ -115,17 +118,51 @@ class FCNVGGHead(nn.Module):
         self.upscore = bilinear_upsampler(num_classes, stride, trainable=False)
 
     def forward(self, feats: list[Tensor]) -> Tensor:
+        *_, (_, score) = self._fuse(feats)
+        return self.upscore(score)  # cropped at OFFSETS[stride] by the model: each score back on its pixel
+
+    def _fuse(self, feats: list[Tensor]) -> Iterator[tuple[int, Tensor]]:
+        """The score map at stride 32, then with pool4's scores added (16), then pool3's (8), as far as built."""
         _, _, pool3, pool4, pool5 = feats
         score = self.score_fr(self.fc(pool5))  # (N, C, h5 - 6, w5 - 6), stride 32
+        yield 32, score
         if self.stride <= 16:
             score = self.upscore2(score)  # stride 16
             pool4 = pool4 * 0.01 if self.at_once else pool4
             score = score + _crop(self.score_pool4(pool4), OFFSETS["pool4"], score.shape[-2:])
+            yield 16, score
         if self.stride == 8:
             score = self.upscore_pool4(score)  # stride 8
             pool3 = pool3 * 1e-4 if self.at_once else pool3
             score = score + _crop(self.score_pool3(pool3), OFFSETS["pool3"], score.shape[-2:])
-        return self.upscore(score)  # cropped at OFFSETS[stride] by the model: each score back on its pixel
+            yield 8, score
+
+    def stages(self, feats: list[Tensor]) -> dict[int, Tensor]:
+        """The score map after each fusion step, upsampled by the fixed bilinear deconvolution (the paper's Fig. 4).
+
+        {32: fc7's scores alone, 16: + pool4 (when built), 8: + pool3 (when built)}, each (N, C, H', W') to be
+        cropped at ``OFFSETS[stride]``: the prediction FCN-32s/16s would make with this net's weights.
+        """
+        return {stride: _fixed_upsample(score, stride) for stride, score in self._fuse(feats)}
+
+
+def _fixed_upsample(score: Tensor, factor: int) -> Tensor:
+    """A score map upsampled ``factor`` times by FCN's fixed bilinear deconvolution (the final upscore)."""
+    return F.conv_transpose2d(score, bilinear_kernel(score.shape[1], 2 * factor).to(score), stride=factor)
+
+
+def fusion_predictions(model: SegmentationModel, images: Tensor) -> dict[int, Tensor]:
+    """Logits (N, C, H, W) of an FCN-VGG model at each of its fusion steps, on the input's pixels.
+
+    ``{32: ..., 16: ..., 8: ...}`` (as far as the model's stride goes): stride 32 is fc7's scores alone, 16 adds
+    pool4's, 8 adds pool3's: the same net read before each skip is added.
+    """
+    if not isinstance(model.head, FCNVGGHead):
+        raise TypeError(f"fusion_predictions needs an FCN-VGG model (fcn32s/16s/8s), got {type(model.head).__name__}")
+    h, w = images.shape[-2:]
+    with torch.no_grad():
+        stages = model.head.stages(model.backbone(images))
+    return {s: t[..., OFFSETS[s] : OFFSETS[s] + h, OFFSETS[s] : OFFSETS[s] + w] for s, t in stages.items()}
 
 
 def _zero_score(in_channels: int, num_classes: int) -> nn.Conv2d:
