@@ -43,7 +43,7 @@ QUICK_SIZE = (120, 160)
 CHECKPOINTS = Path("runs") / "checkpoints"
 # QUICK's safety cap on one training run: a QUICK run takes well under a minute on two CPU cores, so only a machine
 # far slower than that hits it (the run then stops early and says so) instead of stalling a learner for an hour.
-QUICK_CAP_S = 150
+QUICK_CAP_S = 120
 # What fit adds to a checkpoint's recipe by itself: a saved value for one of these is compared only when the chapter
 # names the key too.
 _FIT_RECIPE_KEYS = frozenset({"lr", "optimizer", "weight_decay", "momentum", "poly_power", "warmup_iters"})
@@ -193,6 +193,13 @@ class NotebookConfig:
             print(f"resuming {name} from {last} ({of}); delete that folder to train from scratch")
         budget = {"time_budget_s": 60.0 * self.full_minutes} if self.full_minutes else {}
         return {"checkpoint_dir": folder, "resume": last.is_file(), "recipe": config, **budget}
+
+    def report(self, name: str, **run: Any) -> Any:
+        """Save the run's record and show it against the majority floor and chapter 00's baseline, with sentences
+        generated from its numbers: :func:`seglearn.report.report_run` (its keywords), ``cfg`` passed for you."""
+        from seglearn.report import report_run
+
+        return report_run(self, name, **run)
 
     def recipe(self, model_name: str, dataset: str = "camvid") -> Recipe:
         """The registry's recipe for ``model_name`` in this run mode: its QUICK recipe (the small variant's model

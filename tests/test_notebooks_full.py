@@ -170,11 +170,10 @@ def full_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A fake CamVid under a data root, and a scratch copy of the notebooks' working folder."""
     base = tmp_path_factory.mktemp("full_smoke")
     _write_fake_camvid(base / "data" / "camvid")
-    # Chapters write runs/chapters/*.json relative to their folder and chapter 10 reads ../README.md: a scratch
-    # folder keeps these fake FULL records out of the checkout's notebooks/runs (which 10 shows as results).
+    # Chapters write runs/chapters/*.json relative to their folder: a scratch folder keeps these fake FULL records out
+    # of the checkout's notebooks/runs (which 10 shows as results).
     workdir = base / "notebooks"
     workdir.mkdir()
-    shutil.copy(REPO_ROOT / "README.md", base / "README.md")
     return {"data": base / "data", "workdir": workdir, "no_shared": base / "no-shared", "torch_home": base / "torch"}
 
 
