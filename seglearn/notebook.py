@@ -33,6 +33,7 @@ __all__ = ["MODES", "LoaderInfo", "NotebookConfig", "env_names", "env_seconds", 
 
 if TYPE_CHECKING:
     from seglearn.models import Recipe
+    from seglearn.report import RunReport
 
 T = TypeVar("T")
 
@@ -194,7 +195,7 @@ class NotebookConfig:
         budget = {"time_budget_s": 60.0 * self.full_minutes} if self.full_minutes else {}
         return {"checkpoint_dir": folder, "resume": last.is_file(), "recipe": config, **budget}
 
-    def report(self, name: str, **run: Any) -> Any:
+    def report(self, name: str, **run: Any) -> RunReport:
         """Save the run's record and show it against the majority floor and chapter 00's baseline, with sentences
         generated from its numbers: :func:`seglearn.report.report_run` (its keywords), ``cfg`` passed for you."""
         from seglearn.report import report_run
